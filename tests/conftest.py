@@ -1,0 +1,88 @@
+"""Fixtures shared by every tier: a store on SQLite and on PostgreSQL, and a guard against
+tasks a test leaves running."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from warngate.store import Store
+
+PG_ADMIN_URL = os.environ.get(
+    "WARNGATE_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+CONFIG = Path(__file__).resolve().parents[1] / "config"
+
+
+async def _pg_available() -> bool:
+    engine = create_async_engine(PG_ADMIN_URL)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("select 1"))
+        return True
+    except Exception:
+        return False
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def pg_database() -> AsyncIterator[str]:
+    """A throwaway PostgreSQL database, dropped afterwards; skips the test without a server."""
+    if not await _pg_available():
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}")
+    name = f"warngate_t_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            async with admin.connect() as conn:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        await admin.dispose()
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    async with pg_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A migrated, empty store on each backend."""
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp_path / 'warngate.db'}"
+        else:
+            url = await stack.enter_async_context(pg_database())
+        s = await Store.open(url)
+        try:
+            yield s
+        finally:
+            await s.close()
+
+
+@pytest.fixture(autouse=True)
+async def no_lingering_tasks() -> AsyncIterator[None]:
+    """A test that leaves tasks running fails: they would hide errors and hang shutdown."""
+    yield
+    await asyncio.sleep(0)
+    pending = [t for t in asyncio.all_tasks() if not t.done() and t is not asyncio.current_task()]
+    if pending:
+        # Connection handlers of a just-closed server finish within a few loop turns.
+        await asyncio.wait(pending, timeout=1.0)
+        pending = [t for t in pending if not t.done()]
+    if pending:
+        pytest.fail(f"tasks left running: {[t.get_name() for t in pending]}")

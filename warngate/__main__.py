@@ -1,0 +1,5 @@
+import sys
+
+from warngate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,184 @@
+"""Receipt boards: who has been reached and who has answered, by township → village → grid.
+
+Deliveries carry their township/village/grid codes, so a board is one grouped, indexed query
+over one alert's rows, whatever the size of the registry.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from warngate.phone import mask
+from warngate.store.schema import alerts, contacts, deliveries, regions
+
+#: ``?state=`` values beyond the delivery states: views the duty office asks for.
+VIEWS = ("unacknowledged", "escalated")
+
+
+def _add(counts: dict[str, dict[str, int]], channel: str, state: str, n: int) -> None:
+    per = counts.setdefault(channel, {})
+    per[state] = per.get(state, 0) + n
+
+
+async def receipts_board(
+    conn: AsyncConnection, alert_id: int, *, township: str | None = None
+) -> dict[str, Any]:
+    """Counts by township → village → grid, each as channel × state, plus totals."""
+    q = (
+        select(
+            deliveries.c.township_code, deliveries.c.village_code, deliveries.c.grid_code,
+            deliveries.c.channel, deliveries.c.state, func.count(),
+        )
+        .where(deliveries.c.alert_id == alert_id, deliveries.c.kind != "cancel")
+        .group_by(deliveries.c.township_code, deliveries.c.village_code,
+                  deliveries.c.grid_code, deliveries.c.channel, deliveries.c.state)
+    )
+    if township:
+        q = q.where(deliveries.c.township_code == township)
+    rows = (await conn.execute(q)).all()
+    extra = await _extra_counts(conn, alert_id, township)
+    codes = {c for r in rows for c in (r[0], r[1], r[2]) if c}
+    names = await _names(conn, codes)
+    totals: dict[str, dict[str, int]] = {}
+    towns: dict[str, dict[str, Any]] = {}
+    for t, v, g, channel, state, n in rows:
+        _add(totals, channel, state, n)
+        tnode = towns.setdefault(t or "-", {"code": t, "name": names.get(t or ""), "counts": {},
+                                            "villages": {}})
+        _add(tnode["counts"], channel, state, n)
+        vnode = tnode["villages"].setdefault(v or "-", {"code": v, "name": names.get(v or ""),
+                                                        "counts": {}, "grids": {}})
+        _add(vnode["counts"], channel, state, n)
+        if g:
+            gnode = vnode["grids"].setdefault(g, {"code": g, "name": names.get(g),
+                                                  "counts": {}})
+            _add(gnode["counts"], channel, state, n)
+    return {
+        "alert_id": alert_id,
+        "generated_at": time.time(),
+        "totals": totals,
+        "acknowledgement": extra,
+        "townships": [
+            {**tn, "villages": [
+                {**vn, "grids": sorted(vn["grids"].values(), key=lambda x: x["code"])}
+                for vn in sorted(tn["villages"].values(), key=lambda x: x["code"] or "")
+            ]}
+            for tn in sorted(towns.values(), key=lambda x: x["code"] or "")
+        ],
+    }
+
+
+async def _extra_counts(
+    conn: AsyncConnection, alert_id: int, township: str | None
+) -> dict[str, int]:
+    """People who must answer: how many have, how many not yet, how many were escalated."""
+    base = [deliveries.c.alert_id == alert_id, deliveries.c.kind != "cancel",
+            deliveries.c.ack_required.is_(True), deliveries.c.on_behalf_of.is_(None)]
+    if township:
+        base.append(deliveries.c.township_code == township)
+    people = deliveries.c.contact_id
+    required = (await conn.execute(
+        select(func.count(func.distinct(people))).where(*base, deliveries.c.step == 0)
+    )).scalar_one()
+    acked = (await conn.execute(
+        select(func.count(func.distinct(people)))
+        .where(*base, deliveries.c.acked_at.is_not(None))
+    )).scalar_one()
+    escalated = (await conn.execute(
+        select(func.count()).select_from(deliveries)
+        .where(deliveries.c.alert_id == alert_id, deliveries.c.step > 0,
+               *( [deliveries.c.township_code == township] if township else []))
+    )).scalar_one()
+    return {"required": required, "acknowledged": acked,
+            "waiting": max(required - acked, 0), "escalation_steps": escalated}
+
+
+async def _names(conn: AsyncConnection, codes: set[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    code_list = sorted(codes)
+    for i in range(0, len(code_list), 900):
+        part = code_list[i : i + 900]
+        for code, name in await conn.execute(
+            select(regions.c.code, regions.c.name).where(regions.c.code.in_(part))
+        ):
+            out[code] = name
+    return out
+
+
+async def receipts_people(
+    conn: AsyncConnection,
+    alert_id: int,
+    *,
+    township: str | None,
+    state: str | None,
+    limit: int = 200,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """The people (and speakers) in one state, with masked numbers, newest step last."""
+    q = (
+        select(
+            deliveries.c.id, deliveries.c.contact_id, deliveries.c.speaker_id,
+            deliveries.c.role, deliveries.c.channel, deliveries.c.state, deliveries.c.step,
+            deliveries.c.township_code, deliveries.c.village_code, deliveries.c.grid_code,
+            deliveries.c.sent_at, deliveries.c.delivered_at, deliveries.c.acked_at,
+            deliveries.c.last_error, deliveries.c.on_behalf_of,
+            contacts.c.name, contacts.c.phone,
+        )
+        .select_from(deliveries.outerjoin(contacts, contacts.c.id == deliveries.c.contact_id))
+        .where(deliveries.c.alert_id == alert_id, deliveries.c.kind != "cancel")
+        .order_by(deliveries.c.township_code, deliveries.c.village_code, deliveries.c.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    if township:
+        q = q.where(deliveries.c.township_code == township)
+    if state == "unacknowledged":
+        q = q.where(deliveries.c.ack_required.is_(True), deliveries.c.acked_at.is_(None))
+    elif state == "escalated":
+        q = q.where(deliveries.c.step > 0, deliveries.c.role != "speaker")
+    elif state:
+        q = q.where(deliveries.c.state == state)
+    return [
+        {
+            "delivery_id": r.id, "name": r.name or r.speaker_id, "phone": mask(r.phone)
+            if r.phone else None, "speaker_id": r.speaker_id, "role": r.role,
+            "channel": r.channel, "state": r.state, "step": r.step,
+            "township": r.township_code, "village": r.village_code, "grid": r.grid_code,
+            "sent_at": r.sent_at, "delivered_at": r.delivered_at, "acked_at": r.acked_at,
+            "error": r.last_error, "on_behalf_of": r.on_behalf_of,
+        }
+        for r in await conn.execute(q)
+    ]
+
+
+async def alert_progress(conn: AsyncConnection, alert_id: int) -> dict[str, dict[str, int]]:
+    """Channel × state counts for one alert (all kinds), for the alert view and the demo."""
+    counts: dict[str, dict[str, int]] = {}
+    for channel, state, n in await conn.execute(
+        select(deliveries.c.channel, deliveries.c.state, func.count())
+        .where(deliveries.c.alert_id == alert_id)
+        .group_by(deliveries.c.channel, deliveries.c.state)
+    ):
+        _add(counts, channel, state, n)
+    return counts
+
+
+def alert_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id, "source": row.source, "sender": row.sender,
+        "identifier": row.identifier, "sent": row.sent, "msg_type": row.msg_type,
+        "status": row.status, "level": row.level, "event": row.event,
+        "headline": row.headline, "description": row.description,
+        "instruction": row.instruction, "areas": row.areas, "expires": row.expires,
+        "state": row.state, "created_by": row.created_by, "approved_by": row.approved_by,
+        "cancelled_by": row.cancelled_by, "created_at": row.created_at,
+        "planned": row.planned_count, "no_recipients": row.no_recipients,
+        "supersedes": row.supersedes_id,
+    }
+
+
+ALERT_COLUMNS = [c for c in alerts.c if c.name != "raw"]

@@ -1,0 +1,95 @@
+"""What a parsed CAP message holds (CAP 1.2, and 1.1 mapped onto the same shapes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+Pair = tuple[str, str]
+Point = tuple[float, float]  # (lat, lon), as CAP writes them
+
+
+class CapError(Exception):
+    """A message we refuse. ``rule`` is a short id; ``element`` where it went wrong."""
+
+    def __init__(self, message: str, *, rule: str, element: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.rule = rule
+        self.element = element
+
+    def __str__(self) -> str:
+        where = f" at {self.element}" if self.element else ""
+        return f"{self.rule}{where}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class CapRef:
+    sender: str
+    identifier: str
+    sent_text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CapResource:
+    resource_desc: str
+    mime_type: str | None
+    size: int | None
+    uri: str | None
+    digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CapArea:
+    area_desc: str
+    polygons: tuple[tuple[Point, ...], ...] = ()
+    circles: tuple[tuple[Point, float], ...] = ()  # (centre, radius km)
+    geocodes: tuple[Pair, ...] = ()
+    altitude: float | None = None
+    ceiling: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CapInfo:
+    language: str
+    categories: tuple[str, ...]
+    event: str
+    response_types: tuple[str, ...]
+    urgency: str
+    severity: str
+    certainty: str
+    audience: str | None
+    event_codes: tuple[Pair, ...]
+    effective: datetime | None
+    onset: datetime | None
+    expires: datetime | None
+    sender_name: str | None
+    headline: str | None
+    description: str | None
+    instruction: str | None
+    web: str | None
+    contact: str | None
+    parameters: tuple[Pair, ...]
+    resources: tuple[CapResource, ...]
+    areas: tuple[CapArea, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CapAlert:
+    raw: bytes
+    version: str  # "1.2" | "1.1"
+    identifier: str
+    sender: str
+    sent: datetime
+    sent_text: str
+    status: str
+    msg_type: str
+    scope: str
+    source: str | None
+    restriction: str | None
+    note: str | None
+    references: tuple[CapRef, ...]
+    incidents: tuple[str, ...]
+    infos: tuple[CapInfo, ...]
+    #: An XML signature is present (verification is configured per sender).
+    signed: bool

@@ -1,0 +1,182 @@
+"""The ``warngate`` command. Exit codes: 0 ok, 1 failed, 2 usage or configuration error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from warngate.policy import PolicyError, load_policy
+from warngate.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("warngate")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # The scheduler logs every job run at INFO; only its problems matter here.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    if getattr(args, "database", None):
+        overrides["database"] = {"url": args.database}
+    return load_settings(getattr(args, "config", None), **overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from warngate.web.app import build_app
+
+    settings = _settings(args)
+    policy = load_policy(settings.policy_file)
+    app = build_app(settings, policy)
+    log.info("warngate serving on http://%s:%d", settings.http.host, settings.http.port)
+    web.run_app(app, host=settings.http.host, port=settings.http.port, print=None,
+                access_log=None)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from warngate.demo import run_demo
+
+    data_dir: Path = args.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(run_demo(port=args.port, data_dir=data_dir.resolve(), token=args.token,
+                                duration=args.duration))
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from warngate import registry
+
+    missing = [str(p) for p in args.files if not p.is_file()]
+    if missing:
+        print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.action == "check":
+        report = registry.check_files(args.files)
+        print(report)
+        return 0 if report.ok else 1
+
+    async def _import() -> int:
+        from warngate.store import Store
+
+        settings = _settings(args)
+        store = await Store.open(settings.database.url)
+        try:
+            summary = await registry.import_files(store.engine, args.files)
+        except registry.RegistryError as exc:
+            print(registry.format_issues(exc.issues), file=sys.stderr)
+            print("nothing was imported", file=sys.stderr)
+            return 1
+        finally:
+            await store.close()
+        print(summary)
+        return 0
+
+    return asyncio.run(_import())
+
+
+def cmd_cap(args: argparse.Namespace) -> int:
+    from warngate.cap import validate_files
+
+    bad = 0
+    for result in validate_files(args.files):
+        if result.ok:
+            print(f"OK {result.path}")
+        else:
+            bad += 1
+            print(f"INVALID {result.path}: {result.reason}")
+    return 1 if bad else 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from warngate.store import Store
+
+    async def _upgrade() -> None:
+        store = await Store.open(_settings(args).database.url)
+        await store.close()
+
+    asyncio.run(_upgrade())
+    print("database schema is up to date")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="warngate", description="Early-warning dissemination gateway.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the service on a configuration file")
+    p.add_argument("--config", type=Path, required=True, help="YAML configuration file")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="the whole path on embedded defaults (no credentials)")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port on 127.0.0.1 (8080)")
+    p.add_argument("--data-dir", type=Path, default=Path("var/demo"),
+                   help="where the SQLite database lives (var/demo)")
+    p.add_argument("--token", help="API bearer token (a random one is printed if omitted)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("registry", help="check or import rosters (CSV, YAML)")
+    rsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("check", "validate files without touching the database"),
+                         ("import", "validate and import, all or nothing")):
+        rp = rsub.add_parser(action, help=text)
+        rp.add_argument("files", type=Path, nargs="+", metavar="FILE")
+        if action == "import":
+            rp.add_argument("--config", type=Path, help="YAML configuration (database URL)")
+            rp.add_argument("--database", help="database URL (overrides the configuration)")
+    p.set_defaults(func=cmd_registry)
+
+    p = sub.add_parser("cap", help="CAP tools")
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    cp = csub.add_parser("validate", help="one line per file: OK or the reason")
+    cp.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_cap)
+
+    p = sub.add_parser("db", help="database schema")
+    dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dp = dsub.add_parser("upgrade", help="apply migrations")
+    dp.add_argument("--config", type=Path, help="YAML configuration (database URL)")
+    dp.add_argument("--database", help="database URL")
+    p.set_defaults(func=cmd_db)
+
+    # Adapter distributions add their own commands (e.g. speaker-sim).
+    for ep in entry_points(group="warngate.commands"):
+        try:
+            ep.load()(sub)
+        except Exception as exc:
+            log.warning("command %s from %s could not load: %s", ep.name, ep.value, exc)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        code: int = args.func(args)
+    except (ConfigError, PolicyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The region and contact registry: rosters in CSV or YAML, checked, then imported.
+
+Rosters, recognised by file name (``regions.csv``, ``清溪镇-contacts.csv``) or, in YAML, by a
+``kind:`` key (``kind: contacts`` and ``rows: [...]``) or by top-level keys naming rosters
+(``regions: [...]``, ``contacts: [...]``):
+
+* regions: ``code,name,level,parent_code,lat,lon`` — level county | township | village |
+  grid; a township lies in a county, a village in a township, a grid in a village, and each
+  code extends its parent's (339901 → 339901001 → 339901001001 → 339901001001001).
+* contacts: ``external_id,name,phone,role,region_code,lang,vulnerable``.
+* households: contacts whose ``role`` may be left out (it is ``household``).
+* speakers: ``id,name,region_code``.
+* supervisors: ``external_id,supervisor_external_id`` (who is called when someone does not
+  answer).
+* bindings: ``household_external_id,grid_worker_external_id``.
+
+References may point into any file of the same check or import, or (import) to stored rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from warngate.registry.importer import Summary, import_files
+from warngate.registry.issues import Issue, RegistryError, format_issues
+from warngate.registry.reading import read_files
+from warngate.registry.validation import Counts, Existing, validate
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The result of checking files without a database."""
+
+    files: tuple[str, ...]
+    counts: Counts
+    issues: tuple[Issue, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues
+
+    def __str__(self) -> str:
+        n = len(self.files)
+        head = f"checked {n} file{'s' if n != 1 else ''}: {self.counts.describe()}"
+        if self.ok:
+            return f"{head}\nno problems found"
+        m = len(self.issues)
+        return f"{head}\n{m} problem{'s' if m != 1 else ''}:\n{format_issues(self.issues)}"
+
+
+def check_files(paths: Sequence[Path]) -> Report:
+    """Read and check rosters; every reference must resolve within ``paths``."""
+    rosters = read_files(paths)
+    plan = validate(rosters, Existing())
+    return Report(tuple(rosters.files), plan.counts, tuple(plan.issues))
+
+
+__all__ = [
+    "Counts",
+    "Issue",
+    "RegistryError",
+    "Report",
+    "Summary",
+    "check_files",
+    "format_issues",
+    "import_files",
+]

@@ -1,0 +1,310 @@
+"""Reading roster files (CSV, YAML) into rows that remember the line each value came from.
+
+Everything is read as text, in both formats: YAML would otherwise turn ``0571`` into an
+octal number and ``13800138000`` into an int, and the same checks then apply to both.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from warngate.registry.issues import Issue
+from warngate.registry.kinds import KINDS, Kind, kind_from_name
+
+_NULL_TAG = "tag:yaml.org,2002:null"
+_KIND_NAMES = ", ".join(KINDS)
+
+
+@dataclass(slots=True)
+class Row:
+    """One roster row: column → stripped text ("" when empty or absent).
+
+    ``broken`` rows could not be read whole (wrong number of CSV values, a list where a value
+    belongs): they are reported once, and count only for their key so that references to
+    them do not pile up further errors.
+    """
+
+    file: str
+    line: int
+    values: dict[str, str]
+    lines: dict[str, int] | None = None  # YAML: the line of each key
+    broken: bool = False
+
+    def get(self, name: str) -> str:
+        return self.values.get(name, "")
+
+    def at(self, name: str | None) -> int:
+        """The line to name for a problem with ``name``."""
+        if self.lines and name in self.lines:
+            return self.lines[name]
+        return self.line
+
+
+@dataclass(slots=True)
+class Rosters:
+    """Every row of a set of files, by kind, and the problems found reading them."""
+
+    files: list[str] = field(default_factory=list)
+    rows: dict[str, list[Row]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    issues: list[Issue] = field(default_factory=list)
+
+    def problem(self, file: str, row: int | None, column: str | None, message: str) -> None:
+        self.issues.append(Issue(file, row, column, message))
+
+
+def read_files(paths: Sequence[Path]) -> Rosters:
+    """Read every file; problems are collected, never raised."""
+    rosters = Rosters()
+    for path in paths:
+        name = str(path)
+        rosters.files.append(name)
+        suffix = path.suffix.lower()
+        if suffix not in (".csv", ".yaml", ".yml"):
+            hint = " (save the sheet as 'CSV UTF-8')" if suffix in (".xlsx", ".xls") else ""
+            rosters.problem(name, None, None,
+                            f"cannot read {suffix or 'extensionless'} files{hint}: "
+                            "rosters are .csv, .yaml or .yml")
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            rosters.problem(name, None, None, f"cannot read the file: {exc.strerror}")
+            continue
+        text = _decode(name, data, rosters)
+        if text is None:
+            continue
+        if suffix == ".csv":
+            _read_csv(name, path.stem, text, rosters)
+        else:
+            _read_yaml(name, path.stem, text, rosters)
+    return rosters
+
+
+def _decode(name: str, data: bytes, rosters: Rosters) -> str | None:
+    try:
+        # utf-8-sig drops the byte order mark Excel puts in front of "CSV UTF-8" files.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        hint = ""
+        try:
+            data.decode("gb18030")
+            hint = ("; it looks like GBK/GB18030 (what Excel writes on Chinese Windows): "
+                    "save it as 'CSV UTF-8'")
+        except UnicodeDecodeError:
+            pass
+        rosters.problem(name, line, None,
+                        f"not UTF-8 text (byte 0x{data[exc.start]:02x} cannot be decoded){hint}")
+        return None
+
+
+def _read_csv(name: str, stem: str, text: str, rosters: Rosters) -> None:
+    kind_name = kind_from_name(stem)
+    if kind_name is None:
+        rosters.problem(name, None, None,
+                        "cannot tell which roster this is: put its kind in the file name "
+                        f"(one of {_KIND_NAMES}), e.g. contacts.csv")
+        return
+    kind = KINDS[kind_name]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    line = 0
+    try:
+        for cells in reader:
+            start, line = line + 1, reader.line_num
+            if not any(c.strip() for c in cells):
+                continue  # blank lines, and the ",,,," rows spreadsheets leave behind
+            if header is None:
+                header = _header(name, start, cells, kind, rosters)
+                if header is None:
+                    return
+                continue
+            rosters.rows[kind.name].append(_csv_row(name, start, header, cells, kind, rosters))
+    except csv.Error as exc:
+        rosters.problem(name, reader.line_num, None, f"not readable as CSV: {exc}")
+        return
+    if header is None:
+        rosters.problem(name, None, None,
+                        f"the file is empty: a {kind.name} roster starts with the header "
+                        f"{','.join(kind.required)}")
+
+
+def _header(name: str, line: int, cells: list[str], kind: Kind, rosters: Rosters
+            ) -> list[str] | None:
+    """Column names, or None when rows cannot be read (required columns are missing)."""
+    header = [c.strip().lower() for c in cells]
+    while header and not header[-1]:
+        header.pop()  # trailing empty cells: spreadsheet residue, not columns
+    problems = []
+    unnamed = [str(i) for i, h in enumerate(header, start=1) if not h]
+    if unnamed:
+        problems.append(f"column(s) {', '.join(unnamed)} have no name")
+    twice = sorted({h for h in header if h and header.count(h) > 1})
+    if twice:
+        problems.append(f"column(s) {_quoted(twice)} appear more than once")
+    unknown = [h for h in header if h and h not in kind.columns]
+    if unknown:
+        problems.append(f"unknown column(s) {_quoted(unknown)}")
+    missing = [c for c in kind.required if c not in header]
+    if missing:
+        problems.append(f"missing column(s) {_quoted(missing)}")
+    if problems:
+        optional = f"; optional: {','.join(kind.optional)}" if kind.optional else ""
+        rosters.problem(name, line, None,
+                        f"header: {'; '.join(problems)} (a {kind.name} roster has columns "
+                        f"{','.join(kind.required)}{optional})")
+    return None if missing else header
+
+
+def _csv_row(name: str, line: int, header: list[str], cells: list[str], kind: Kind,
+             rosters: Rosters) -> Row:
+    values = {h: c.strip() for h, c in zip(header, cells, strict=False) if h}
+    row = Row(name, line, values)
+    n = len(cells)
+    while n > len(header) and not cells[n - 1].strip():
+        n -= 1  # trailing empty cells, as after the header
+    if n != len(header):
+        rosters.problem(name, line, None,
+                        f"{n} values but the header has {len(header)} columns "
+                        "(a missing or extra comma, or an unclosed quote?)")
+        row.broken = True
+    _apply_defaults(row, kind)
+    return row
+
+
+def _apply_defaults(row: Row, kind: Kind) -> None:
+    for column, value in kind.defaults.items():
+        if not row.values.get(column):
+            row.values[column] = value
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _scalar(node: yaml.Node) -> str | None:
+    if not isinstance(node, yaml.ScalarNode):
+        return None
+    return "" if node.tag == _NULL_TAG else str(node.value).strip()
+
+
+def _read_yaml(name: str, stem: str, text: str, rosters: Rosters) -> None:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        rosters.problem(name, mark.line + 1 if mark else None, None,
+                        f"not valid YAML: {exc.problem or exc}")
+        return
+    except yaml.YAMLError as exc:
+        rosters.problem(name, None, None, f"not valid YAML: {exc}")
+        return
+    sections = _yaml_sections(name, stem, root, rosters)
+    for kind_name, node in sections:
+        kind = KINDS[kind_name]
+        if _scalar(node) == "":
+            continue  # "households:" with nothing under it: an empty roster
+        if not isinstance(node, yaml.SequenceNode):
+            rosters.problem(name, _line(node), kind.name,
+                            "expected a list of rows (each '- column: value ...')")
+            continue
+        reported: set[str] = set()
+        for item in node.value:
+            row = _yaml_row(name, item, kind, reported, rosters)
+            if row is not None:
+                rosters.rows[kind.name].append(row)
+
+
+def _yaml_sections(name: str, stem: str, root: yaml.Node | None, rosters: Rosters
+                   ) -> list[tuple[str, yaml.Node]]:
+    if root is None:
+        rosters.problem(name, None, None, "the file is empty")
+        return []
+    if isinstance(root, yaml.SequenceNode):
+        kind_name = kind_from_name(stem)
+        if kind_name is None:
+            rosters.problem(name, _line(root), None,
+                            "cannot tell which roster this is: put 'kind:' and 'rows:' at "
+                            f"the top, or the kind in the file name (one of {_KIND_NAMES})")
+            return []
+        return [(kind_name, root)]
+    if not isinstance(root, yaml.MappingNode):
+        rosters.problem(name, _line(root), None,
+                        "expected 'kind:' and 'rows:', or a mapping of rosters "
+                        f"({_KIND_NAMES})")
+        return []
+    entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key_node, value_node in root.value:
+        key = (_scalar(key_node) or "").lower()
+        if key in entries:
+            rosters.problem(name, _line(key_node), key, "appears more than once")
+            continue
+        entries[key] = (key_node, value_node)
+    if "kind" in entries:
+        key_node, value_node = entries.pop("kind")
+        kind_name = (_scalar(value_node) or "").lower()
+        rows = entries.pop("rows", None)
+        for key, (other, _) in entries.items():
+            rosters.problem(name, _line(other), key or None,
+                            "unexpected key: a file with 'kind:' has only 'kind:' and 'rows:'")
+        if kind_name not in KINDS:
+            rosters.problem(name, _line(value_node), "kind",
+                            f"unknown kind {kind_name!r}: use one of {_KIND_NAMES}")
+            return []
+        if rows is None:
+            rosters.problem(name, _line(key_node), "rows", "missing: list the rows under 'rows:'")
+            return []
+        return [(kind_name, rows[1])]
+    sections = []
+    for key, (key_node, value_node) in entries.items():
+        if key in KINDS:
+            sections.append((key, value_node))
+        else:
+            rosters.problem(name, _line(key_node), key or None,
+                            f"unknown roster: use one of {_KIND_NAMES} (or 'kind:' and "
+                            "'rows:')")
+    return sections
+
+
+def _yaml_row(name: str, item: yaml.Node, kind: Kind, reported: set[str], rosters: Rosters
+              ) -> Row | None:
+    if not isinstance(item, yaml.MappingNode):
+        rosters.problem(name, _line(item), None,
+                        "a row must be a mapping of column: value")
+        return None
+    lines: dict[str, int] = {}
+    row = Row(name, _line(item), {}, lines)
+    for key_node, value_node in item.value:
+        key = (_scalar(key_node) or "").lower()
+        if key not in kind.columns:
+            if key not in reported:
+                reported.add(key)
+                optional = f"; optional: {', '.join(kind.optional)}" if kind.optional else ""
+                rosters.problem(name, _line(key_node), key or None,
+                                f"unknown column (a {kind.name} row has "
+                                f"{', '.join(kind.required)}{optional})")
+            continue
+        if key in lines:
+            rosters.problem(name, _line(key_node), key, "appears twice in this row")
+            row.broken = True
+            continue
+        lines[key] = _line(key_node)
+        value = _scalar(value_node)
+        if value is None:
+            rosters.problem(name, _line(value_node), key,
+                            "expected a single value, not a list or mapping")
+            row.broken = True
+            value = ""
+        row.values[key] = value
+    _apply_defaults(row, kind)
+    return row

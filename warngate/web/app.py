@@ -1,0 +1,368 @@
+"""The HTTP service: JSON API, CAP push, acknowledgement links, adapter webhooks, health."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from warngate import board
+from warngate.acktoken import verify_token
+from warngate.adapter import Adapter
+from warngate.alerts import Actor, AlertError, ComposeRequest, record_rejection
+from warngate.feeds import health as feed_health
+from warngate.metrics import render_metrics
+from warngate.policy import Policy
+from warngate.service import Gateway, load_adapters, running_gateway
+from warngate.settings import Settings
+from warngate.store.schema import alerts, deliveries
+from warngate.web.auth import TokenBook
+
+log = logging.getLogger(__name__)
+
+GATEWAY = web.AppKey("gateway", Gateway)
+TOKENS = web.AppKey("tokens", TokenBook)
+ACTOR = web.RequestKey("actor", Actor)
+_STATIC = Path(__file__).parent / "static"
+_PUBLIC = ("/healthz", "/ack/", "/hooks/", "/static/")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, code: str, message: str, detail: Any = None) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message, "detail": detail}},
+        status=status,
+        dumps=lambda o: json.dumps(o, ensure_ascii=False),
+    )
+
+
+def ok(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status,
+                             dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure answers in the contract's error shape, never a bare traceback."""
+    try:
+        return await handler(request)
+    except AlertError as exc:
+        return error(exc.status, exc.code, exc.message, exc.detail)
+    except web.HTTPRequestEntityTooLarge as exc:
+        if request.path.startswith("/api/"):
+            await record_rejection(
+                request.app[GATEWAY].store, entry_point=f"{request.method} {request.path}",
+                source=_who(request), reason=f"body too large: {exc.text}",
+                body=None, content_type=request.content_type)
+        limit = request.app[GATEWAY].settings.http.max_body_bytes
+        return error(413, "too_large", f"request body exceeds {limit} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400 or not request.path.startswith("/api/"):
+            raise
+        return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "internal", "internal error; see the service log")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path == "/" or request.path.startswith(_PUBLIC):
+        return await handler(request)
+    actor = request.app[TOKENS].actor_for(request)
+    if actor is None:
+        return error(401, "unauthorized", "send Authorization: Bearer <token>")
+    request[ACTOR] = actor
+    return await handler(request)
+
+
+def _who(request: web.Request) -> str | None:
+    actor = request.get(ACTOR)
+    return actor.name if actor is not None else request.remote
+
+
+def _actor(request: web.Request) -> Actor:
+    return request[ACTOR]
+
+
+def _alert_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["alert_id"])
+    except ValueError:
+        raise AlertError(404, "not_found", "alert ids are numbers") from None
+
+
+async def _json_body(request: web.Request) -> tuple[bytes, Any]:
+    body = await request.read()
+    try:
+        return body, json.loads(body.decode("utf-8")) if body else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        await record_rejection(request.app[GATEWAY].store,
+                               entry_point=f"{request.method} {request.path}",
+                               source=_who(request), reason=f"not JSON: {exc}", body=body,
+                               content_type=request.content_type)
+        raise AlertError(400, "bad_json", f"body is not UTF-8 JSON: {exc}") from None
+
+
+# -- alerts ---------------------------------------------------------------------------------
+
+async def compose(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    body, data = await _json_body(request)
+    try:
+        req = ComposeRequest.model_validate(data)
+    except ValidationError as exc:
+        detail = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]}
+                  for e in exc.errors()]
+        await record_rejection(gw.store, entry_point="POST /api/v1/alerts",
+                               source=_who(request), reason=f"invalid alert: {detail}",
+                               body=body, content_type=request.content_type)
+        return error(400, "invalid_alert", "the alert is not valid", detail)
+    try:
+        accepted = await gw.alerts.compose(_actor(request), req)
+    except AlertError as exc:
+        await record_rejection(gw.store, entry_point="POST /api/v1/alerts",
+                               source=_who(request), reason=exc.message, body=body,
+                               content_type=request.content_type)
+        raise
+    return ok(accepted.as_json(), status=201)
+
+
+async def approve(request: web.Request) -> web.Response:
+    accepted = await request.app[GATEWAY].alerts.approve(_actor(request), _alert_id(request))
+    return ok(accepted.as_json())
+
+
+async def cancel(request: web.Request) -> web.Response:
+    _, data = await _json_body(request)
+    reason = str(data.get("reason", "")) if isinstance(data, dict) else ""
+    result = await request.app[GATEWAY].alerts.cancel(_actor(request), _alert_id(request),
+                                                      reason)
+    return ok(result)
+
+
+def _visible(actor: Actor, row: Any) -> bool:
+    if actor.role == "feed":
+        return False
+    return not actor.township or any(a.startswith(actor.township) for a in row.areas)
+
+
+async def list_alerts(request: web.Request) -> web.Response:
+    actor = _actor(request)
+    q = select(*board.ALERT_COLUMNS).order_by(alerts.c.id.desc()).limit(200)
+    if state := request.query.get("state"):
+        q = q.where(alerts.c.state == state)
+    async with request.app[GATEWAY].store.read() as conn:
+        rows = (await conn.execute(q)).all()
+    return ok({"alerts": [board.alert_json(r) for r in rows if _visible(actor, r)]})
+
+
+async def _visible_alert(request: web.Request) -> Any:
+    alert_id = _alert_id(request)
+    async with request.app[GATEWAY].store.read() as conn:
+        row = (await conn.execute(
+            select(*board.ALERT_COLUMNS).where(alerts.c.id == alert_id)
+        )).one_or_none()
+    if row is None or not _visible(_actor(request), row):
+        raise AlertError(404, "not_found", f"no alert {alert_id}")
+    return row
+
+
+async def get_alert(request: web.Request) -> web.Response:
+    row = await _visible_alert(request)
+    async with request.app[GATEWAY].store.read() as conn:
+        progress = await board.alert_progress(conn, row.id)
+    return ok({**board.alert_json(row), "progress": progress})
+
+
+async def receipts(request: web.Request) -> web.Response:
+    row = await _visible_alert(request)
+    actor = _actor(request)
+    township = request.query.get("township") or None
+    if actor.township:
+        if township and township != actor.township:
+            raise AlertError(403, "outside_township",
+                             f"this token sees township {actor.township} only")
+        township = actor.township
+    state = request.query.get("state") or None
+    async with request.app[GATEWAY].store.read() as conn:
+        if state:
+            try:
+                limit = min(int(request.query.get("limit", "200")), 5000)
+                offset = int(request.query.get("offset", "0"))
+            except ValueError:
+                raise AlertError(400, "bad_query", "limit and offset are numbers") from None
+            people = await board.receipts_people(conn, row.id, township=township, state=state,
+                                                 limit=limit, offset=offset)
+            return ok({"alert_id": row.id, "township": township, "state": state,
+                       "people": people, "limit": limit, "offset": offset})
+        return ok(await board.receipts_board(conn, row.id, township=township))
+
+
+# -- CAP ------------------------------------------------------------------------------------
+
+async def cap_push(request: web.Request) -> web.Response:
+    from warngate.cap import CapError, parse_cap, verify_signature
+    from warngate.sources import cap_to_alert_with_geometry
+
+    gw = request.app[GATEWAY]
+    actor = _actor(request)
+    if actor.role not in ("feed", "admin"):
+        return error(403, "forbidden", "this token may not submit CAP messages")
+    body = await request.read()
+    try:
+        cap = parse_cap(body, max_bytes=gw.settings.http.max_body_bytes)
+    except CapError as exc:
+        await record_rejection(gw.store, entry_point="POST /api/v1/cap", source=actor.name,
+                               reason=str(exc), body=body, content_type=request.content_type)
+        return error(400, "invalid_cap", str(exc),
+                     {"rule": exc.rule, "element": exc.element})
+    if actor.senders and cap.sender not in actor.senders:
+        reason = f"sender {cap.sender!r} is not allowed for token {actor.name!r}"
+        await record_rejection(gw.store, entry_point="POST /api/v1/cap", source=actor.name,
+                               reason=reason, body=body, content_type=request.content_type)
+        return error(403, "sender_not_allowed", reason)
+    signature = verify_signature(cap, gw.settings.cap.trusted(cap.sender))
+    if signature.outcome == "invalid":
+        reason = f"signature-invalid: {signature.detail}"
+        await record_rejection(gw.store, entry_point="POST /api/v1/cap", source=actor.name,
+                               reason=reason, body=body, content_type=request.content_type)
+        return error(400, "invalid_cap", reason,
+                     {"rule": "signature-invalid", "element": "alert/Signature"})
+    new = await cap_to_alert_with_geometry(gw.store, cap, actor=actor.name,
+                                           signature=signature)
+    accepted = await gw.alerts.accept(new, actor=actor.name)
+    return ok(accepted.as_json(), status=200 if accepted.duplicate else 202)
+
+
+# -- hydrology ------------------------------------------------------------------------------
+
+async def hydrology_readings(request: web.Request) -> web.Response:
+    from warngate.hydrology import ReadingsBody
+
+    gw = request.app[GATEWAY]
+    actor = _actor(request)
+    if actor.role not in ("feed", "admin"):
+        return error(403, "forbidden", "this token may not submit gauge readings")
+    body, data = await _json_body(request)
+    try:
+        parsed = ReadingsBody.model_validate(data)
+    except ValidationError as exc:
+        detail = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]}
+                  for e in exc.errors()]
+        await record_rejection(gw.store, entry_point="POST /api/v1/hydrology/readings",
+                               source=actor.name, reason=f"invalid readings: {detail}",
+                               body=body, content_type=request.content_type)
+        return error(400, "invalid_readings", "the readings are not valid", detail)
+    results = await gw.hydrology.apply(parsed.readings)
+    unknown = sorted({r["station"] for r in results if r["outcome"] == "unknown_station"})
+    if unknown:
+        await record_rejection(gw.store, entry_point="POST /api/v1/hydrology/readings",
+                               source=actor.name,
+                               reason=f"unknown station(s): {', '.join(unknown)}", body=body,
+                               content_type=request.content_type)
+    return ok({"results": results})
+
+
+# -- acknowledgement links, health, metrics, UI ---------------------------------------------
+
+_ACK_PAGE = """<!doctype html><html lang="zh-CN"><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>{title}</title>
+<body style="font-family:sans-serif;max-width:32em;margin:2em auto;padding:0 1em">
+<h1>{title}</h1><p>{text}</p></body></html>"""
+
+
+async def ack_link(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    delivery_id = verify_token(gw.ack_key, request.match_info["token"])
+    if delivery_id is None:
+        return web.Response(
+            status=404, content_type="text/html", charset="utf-8",
+            text=_ACK_PAGE.format(title="链接无效", text="此确认链接无效或已过期。"))
+    async with gw.store.read() as conn:
+        row = (await conn.execute(
+            select(deliveries.c.id, alerts.c.headline, alerts.c.state)
+            .join(alerts, alerts.c.id == deliveries.c.alert_id)
+            .where(deliveries.c.id == delivery_id)
+        )).one_or_none()
+    if row is None:
+        return web.Response(
+            status=404, content_type="text/html", charset="utf-8",
+            text=_ACK_PAGE.format(title="链接无效", text="此确认链接无效或已过期。"))
+    gw.receipts.acknowledge(delivery_id=delivery_id, via="link")
+    await gw.receipts.flush()
+    return web.Response(
+        content_type="text/html", charset="utf-8",
+        text=_ACK_PAGE.format(title="已确认收到", text=f"您已确认收到：{row.headline}"))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    try:
+        async with gw.store.read() as conn:
+            await conn.execute(select(1))
+        db = "ok"
+    except Exception as exc:
+        db = f"error: {type(exc).__name__}"
+    status = 200 if db == "ok" else 503
+    feeds = feed_health(gw.feeds)
+    # A feed that is down is reported, but the gateway itself still serves (200).
+    overall = "ok" if status == 200 and all(f["up"] for f in feeds) else "degraded"
+    return ok({"status": overall, "database": db, "lanes": sorted(gw.dispatcher.lanes),
+               "feeds": feeds}, status=status)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=await render_metrics(request.app[GATEWAY]),
+                        content_type="text/plain", charset="utf-8")
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(_STATIC / "index.html")
+
+
+def build_app(settings: Settings, policy: Policy,
+              adapters: list[Adapter] | None = None) -> web.Application:
+    """The whole service as one aiohttp application; starting it starts the gateway."""
+    app = web.Application(
+        client_max_size=settings.http.max_body_bytes,
+        middlewares=[errors_middleware, auth_middleware],
+    )
+    app[TOKENS] = TokenBook(settings.auth.tokens)
+    if adapters is None:
+        async def reject(**kw: Any) -> int:
+            # Adapters' webhooks keep what they refuse, like every other entry point.
+            return await record_rejection(app[GATEWAY].store, **kw)
+
+        adapters = load_adapters(settings, policy, public_url=settings.http.public_url,
+                                 record_rejection=reject)
+
+    async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with running_gateway(settings, policy, adapters) as gw:
+            app[GATEWAY] = gw
+            yield
+
+    app.cleanup_ctx.append(gateway_ctx)
+    app.router.add_post("/api/v1/alerts", compose)
+    app.router.add_get("/api/v1/alerts", list_alerts)
+    app.router.add_get("/api/v1/alerts/{alert_id}", get_alert)
+    app.router.add_post("/api/v1/alerts/{alert_id}/approve", approve)
+    app.router.add_post("/api/v1/alerts/{alert_id}/cancel", cancel)
+    app.router.add_get("/api/v1/alerts/{alert_id}/receipts", receipts)
+    app.router.add_post("/api/v1/cap", cap_push)
+    app.router.add_post("/api/v1/hydrology/readings", hydrology_readings)
+    app.router.add_get("/ack/{token}", ack_link)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", _STATIC)
+    for adapter in adapters:
+        app.router.add_routes(adapter.routes())
+    return app
