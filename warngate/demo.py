@@ -9,7 +9,6 @@ CAP message through the same path as a real feed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import signal
@@ -40,6 +39,7 @@ from warngate.settings import (
 from warngate.sources import cap_to_alert
 from warngate.store import Store
 from warngate.store.schema import contacts, deliveries
+from warngate.waiting import wait_set
 from warngate.web.app import GATEWAY, build_app
 
 log = logging.getLogger(__name__)
@@ -182,8 +182,7 @@ async def run_demo(
                   flush=True)
             if duration is not None and elapsed >= duration:
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=3.0)
+            await wait_set(stop, 3.0)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

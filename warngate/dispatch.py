@@ -11,7 +11,6 @@ households), then by rank within the village, so the first seconds reach every v
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -36,6 +35,7 @@ from warngate.phone import mask
 from warngate.settings import AdapterSettings, DispatchSettings
 from warngate.store import Store
 from warngate.store.schema import alerts, contacts, deliveries
+from warngate.waiting import wait_set
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,7 @@ class Lane:
                     self._queue.put_nowait(message)
                 continue
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=self.dispatch.idle_poll)
+            await wait_set(self.wake, self.dispatch.idle_poll)
 
     async def claim_batch(self) -> list[Outbound]:
         """Claim due deliveries and render them; cancelled alerts' rows are settled here."""
@@ -292,8 +291,7 @@ class Lane:
     async def _flush_loop(self) -> None:
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._flushed.wait(), timeout=0.05)
+                await wait_set(self._flushed, 0.05)
                 self._flushed.clear()
                 await self.flush()
         finally:

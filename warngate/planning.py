@@ -17,7 +17,6 @@ together).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from warngate.policy import LEVEL_RANK, LEVELS, ROLE_PRIORITY, Policy, RolePolicy
 from warngate.store import Store
 from warngate.store.schema import alerts, contacts, deliveries, regions, speakers
+from warngate.waiting import wait_set
 
 log = logging.getLogger(__name__)
 
@@ -228,8 +228,7 @@ class Planner:
                 busy = False
                 await asyncio.sleep(1.0)
             if not busy:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout=2.0)
+                await wait_set(self.wake, 2.0)
 
     async def plan_pending(self) -> bool:
         """Advance every alert that still has planning to do by one chunk; True if any."""

@@ -9,7 +9,6 @@ overtook our own write) is retried for a while, then kept as rejected input with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -29,6 +28,7 @@ from warngate.store.schema import (
     rejected_inputs,
     speakers,
 )
+from warngate.waiting import wait_set
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,7 @@ class ReceiptWriter:
     async def run(self) -> None:
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), timeout=0.1)
+                await wait_set(self._kick, 0.1)
                 self._kick.clear()
                 await self.flush()
         finally:

@@ -31,6 +31,7 @@ from warngate.policy import Policy
 from warngate.receipts import ReceiptWriter
 from warngate.settings import ConfigError, Settings
 from warngate.store import Store
+from warngate.waiting import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +146,7 @@ class Gateway:
             await self.feeds.stop()
         for task in self._tasks:
             task.remove_done_callback(self._died)
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         for adapter in self.adapters:
             try:
                 await adapter.stop()

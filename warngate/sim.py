@@ -8,7 +8,6 @@ drawn from its own hash. So the demo shows escalation reliably, and tests can pr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import time
@@ -16,16 +15,17 @@ import zlib
 from collections.abc import Callable
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from warngate.adapter import (
-    AdapterConfigError,
     BaseAdapter,
     Outbound,
     ReceiptSink,
     SendResult,
 )
+from warngate.adapter_options import parse_options
 from warngate.settings import AdapterSettings
+from warngate.waiting import cancel_and_wait, wait_set
 
 
 class SimOptions(BaseModel):
@@ -53,10 +53,7 @@ class _SimAdapter(BaseAdapter):
 
     def __init__(self, settings: AdapterSettings) -> None:
         super().__init__(settings)
-        try:
-            self.options = SimOptions.model_validate(settings.options)
-        except ValidationError as exc:
-            raise AdapterConfigError(f"adapter {settings.name!r} options: {exc}") from exc
+        self.options = parse_options(SimOptions, settings)
         self._events: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
@@ -70,9 +67,7 @@ class _SimAdapter(BaseAdapter):
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
 
     def _later(self, delay: float, action: Callable[[], None]) -> None:
@@ -89,8 +84,7 @@ class _SimAdapter(BaseAdapter):
                 heapq.heappop(self._events)[2]()
             self._wake.clear()
             timeout = self._events[0][0] - now if self._events else None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_set(self._wake, timeout)
 
     def _delay(self, bounds: tuple[float, float], *parts: object) -> float:
         low, high = bounds

@@ -13,7 +13,6 @@ command gets an ``unanswered`` receipt.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -29,7 +28,9 @@ from warngate.adapter import (
     SendResult,
     TransientError,
 )
+from warngate.adapter_options import parse_options
 from warngate.settings import AdapterSettings
+from warngate.waiting import cancel_and_wait, wait_set
 from warngate_mqtt.connection import (
     BrokerAddress,
     Link,
@@ -38,7 +39,7 @@ from warngate_mqtt.connection import (
     PublishRefused,
     PublishTimeout,
 )
-from warngate_mqtt.options import MqttOptions, parse_options
+from warngate_mqtt.options import MqttOptions
 from warngate_mqtt.payloads import PayloadError, command_payload, parse_ack, parse_status
 from warngate_mqtt.topics import TopicError, Topics, check_speaker_id
 
@@ -57,7 +58,7 @@ class MqttSpeakerAdapter(BaseAdapter):
 
     def __init__(self, settings: AdapterSettings) -> None:
         super().__init__(settings)
-        self.options: MqttOptions = parse_options(settings)
+        self.options: MqttOptions = parse_options(MqttOptions, settings)
         o = self.options
         self.topics = Topics(o.prefix)
         password = o.password(self.name) if o.username else None
@@ -103,18 +104,12 @@ class MqttSpeakerAdapter(BaseAdapter):
         ]
         # A broker that is down must not stop the gateway from starting: sends wait for it
         # (connect_wait) and are retried by the lane.
-        try:
-            await asyncio.wait_for(self.link.connected.wait(), self.options.connect_wait)
-        except TimeoutError:
+        if not await wait_set(self.link.connected, self.options.connect_wait):
             log.warning("adapter %s: broker %s not reachable yet (%s); will keep trying",
                         self.name, self.link.config.broker, self.link.last_error)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         self.link.close()
 

@@ -42,6 +42,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from warngate.waiting import cancel_and_wait, wait_set
+
 log = logging.getLogger(__name__)
 # paho logs every lost connection at ERROR: right for the gateway's one link, noise for a
 # thousand simulated speakers while their broker restarts.
@@ -246,9 +248,7 @@ class Link:
                 attempt += 1
                 await asyncio.sleep(backoff_delay(attempt, self.config.reconnect_max_delay))
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            await cancel_and_wait([sweeper])
             self.close()
 
     async def _sweep(self) -> None:
@@ -368,14 +368,11 @@ class Link:
         PublishRefused if the broker refuses the message, PublishTimeout if ``ack_within``
         passes without PUBACK (the message may still be delivered later).
         """
-        if not self.connected.is_set():
-            try:
-                await asyncio.wait_for(self.connected.wait(), connect_wait)
-            except TimeoutError:
-                raise NotConnected(
-                    f"no connection to {self.config.broker} within {connect_wait:g}s"
-                    + (f": {self.last_error}" if self.last_error else ""),
-                    refused=self.refused) from None
+        if not self.connected.is_set() and not await wait_set(self.connected, connect_wait):
+            raise NotConnected(
+                f"no connection to {self.config.broker} within {connect_wait:g}s"
+                + (f": {self.last_error}" if self.last_error else ""),
+                refused=self.refused)
         if qos == 0:
             if self._session is None:
                 raise NotConnected(f"connection to {self.config.broker} lost")

@@ -7,16 +7,15 @@ Kubernetes secrets).
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from warngate.adapter import AdapterConfigError
+from warngate.adapter_options import read_secret
 from warngate.durations import Duration
-from warngate.settings import AdapterSettings
 from warngate_mqtt.topics import DEFAULT_PREFIX, TopicError, check_prefix
 
 
@@ -110,27 +109,7 @@ class MqttOptions(_Frozen):
 
     def password(self, adapter: str) -> SecretStr | None:
         """The broker password, or None; AdapterConfigError if a named file is unusable."""
-        if self.password_file is not None:
-            try:
-                value = self.password_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise AdapterConfigError(
-                    f"adapter {adapter!r}: cannot read options.password_file "
-                    f"{self.password_file}: {exc.strerror}") from exc
-            if not value:
-                raise AdapterConfigError(
-                    f"adapter {adapter!r}: options.password_file {self.password_file} is empty")
-            return SecretStr(value)
-        value = os.environ.get(self.password_env, "")
-        return SecretStr(value) if value else None
+        return read_secret(adapter, "options.password_file", self.password_env,
+                           self.password_file)
 
 
-def parse_options(settings: AdapterSettings) -> MqttOptions:
-    """Validate ``settings.options`` or raise AdapterConfigError naming every bad key."""
-    try:
-        return MqttOptions.model_validate(settings.options)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"options.{'.'.join(map(str, e['loc'])) or '(all)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise AdapterConfigError(f"adapter {settings.name!r}: {problems}") from None

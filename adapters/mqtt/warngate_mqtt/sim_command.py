@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from warngate.waiting import wait_set
 from warngate_mqtt.speaker_sim import Behaviour, SpeakerSimulator
 from warngate_mqtt.topics import DEFAULT_PREFIX, TopicError, check_speaker_id
 
@@ -180,8 +181,7 @@ async def _serve(sim: SpeakerSimulator, duration: float | None) -> int:
             wait = 5.0
             if duration is not None:
                 wait = max(0.0, min(wait, duration - (time.monotonic() - started)))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), wait)
+            await wait_set(stop, wait)
             c = sim.counts()
             line = (f"commands {c['commands']}  played {c['played']}  failed {c['failed']}  "
                     f"repeats {c['duplicates']}  malformed {c['malformed']}")

@@ -27,6 +27,7 @@ from types import TracebackType
 
 import aiomqtt
 
+from warngate.waiting import cancel_and_wait, wait_set
 from warngate_mqtt.connection import BrokerAddress, Link, LinkConfig, LinkError
 from warngate_mqtt.payloads import (
     Ack,
@@ -183,12 +184,7 @@ class FakeSpeaker:
             await self._ack(command, "playing")
             stopped = False
             if b.play_seconds > 0:
-                try:
-                    await asyncio.wait_for(self._interrupt.wait(),
-                                           b.play_seconds * command.repeat)
-                    stopped = True
-                except TimeoutError:
-                    pass
+                stopped = await wait_set(self._interrupt, b.play_seconds * command.repeat)
             self._current = None
             if stopped:
                 await self._ack(command, "failed", "stopped while playing: warning lifted")
@@ -274,11 +270,7 @@ class SpeakerSimulator:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(10.0):
                     await asyncio.gather(*(s.say_offline() for s in live))
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self.clear_retained:
             gate = asyncio.Semaphore(20)
