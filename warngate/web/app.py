@@ -6,10 +6,10 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
 from warngate import board
@@ -35,6 +35,9 @@ _PUBLIC = ("/healthz", "/ack/", "/hooks/", "/static/")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
 def error(status: int, code: str, message: str, detail: Any = None) -> web.Response:
     return web.json_response(
         {"error": {"code": code, "message": message, "detail": detail}},
@@ -57,10 +60,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error(exc.status, exc.code, exc.message, exc.detail)
     except web.HTTPRequestEntityTooLarge as exc:
         if request.path.startswith("/api/"):
-            await record_rejection(
-                request.app[GATEWAY].store, entry_point=f"{request.method} {request.path}",
-                source=_who(request), reason=f"body too large: {exc.text}",
-                body=None, content_type=request.content_type)
+            await _reject(request, f"body too large: {exc.text}", None)
         limit = request.app[GATEWAY].settings.http.max_body_bytes
         return error(413, "too_large", f"request body exceeds {limit} bytes")
     except web.HTTPException as exc:
@@ -99,16 +99,33 @@ def _alert_id(request: web.Request) -> int:
         raise AlertError(404, "not_found", "alert ids are numbers") from None
 
 
+async def _reject(request: web.Request, reason: str, body: bytes | None) -> None:
+    """Keep refused input with its reason (nothing refused vanishes)."""
+    await record_rejection(request.app[GATEWAY].store,
+                           entry_point=f"{request.method} {request.path}",
+                           source=_who(request), reason=reason, body=body,
+                           content_type=request.content_type)
+
+
 async def _json_body(request: web.Request) -> tuple[bytes, Any]:
     body = await request.read()
     try:
         return body, json.loads(body.decode("utf-8")) if body else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        await record_rejection(request.app[GATEWAY].store,
-                               entry_point=f"{request.method} {request.path}",
-                               source=_who(request), reason=f"not JSON: {exc}", body=body,
-                               content_type=request.content_type)
+        await _reject(request, f"not JSON: {exc}", body)
         raise AlertError(400, "bad_json", f"body is not UTF-8 JSON: {exc}") from None
+
+
+async def _validated(request: web.Request, model: type[_M], body: bytes, data: Any, *,
+                     noun: str, message: str) -> _M:
+    """``data`` as ``model``, or a 400 listing each bad field (the refusal is kept)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        detail = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]}
+                  for e in exc.errors()]
+        await _reject(request, f"invalid {noun}: {detail}", body)
+        raise AlertError(400, f"invalid_{noun}", message, detail) from None
 
 
 # -- alerts ---------------------------------------------------------------------------------
@@ -116,21 +133,12 @@ async def _json_body(request: web.Request) -> tuple[bytes, Any]:
 async def compose(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     body, data = await _json_body(request)
-    try:
-        req = ComposeRequest.model_validate(data)
-    except ValidationError as exc:
-        detail = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]}
-                  for e in exc.errors()]
-        await record_rejection(gw.store, entry_point="POST /api/v1/alerts",
-                               source=_who(request), reason=f"invalid alert: {detail}",
-                               body=body, content_type=request.content_type)
-        return error(400, "invalid_alert", "the alert is not valid", detail)
+    req = await _validated(request, ComposeRequest, body, data, noun="alert",
+                           message="the alert is not valid")
     try:
         accepted = await gw.alerts.compose(_actor(request), req)
     except AlertError as exc:
-        await record_rejection(gw.store, entry_point="POST /api/v1/alerts",
-                               source=_who(request), reason=exc.message, body=body,
-                               content_type=request.content_type)
+        await _reject(request, exc.message, body)
         raise
     return ok(accepted.as_json(), status=201)
 
@@ -220,20 +228,17 @@ async def cap_push(request: web.Request) -> web.Response:
     try:
         cap = parse_cap(body, max_bytes=gw.settings.http.max_body_bytes)
     except CapError as exc:
-        await record_rejection(gw.store, entry_point="POST /api/v1/cap", source=actor.name,
-                               reason=str(exc), body=body, content_type=request.content_type)
+        await _reject(request, str(exc), body)
         return error(400, "invalid_cap", str(exc),
                      {"rule": exc.rule, "element": exc.element})
     if actor.senders and cap.sender not in actor.senders:
         reason = f"sender {cap.sender!r} is not allowed for token {actor.name!r}"
-        await record_rejection(gw.store, entry_point="POST /api/v1/cap", source=actor.name,
-                               reason=reason, body=body, content_type=request.content_type)
+        await _reject(request, reason, body)
         return error(403, "sender_not_allowed", reason)
     signature = verify_signature(cap, gw.settings.cap.trusted(cap.sender))
     if signature.outcome == "invalid":
         reason = f"signature-invalid: {signature.detail}"
-        await record_rejection(gw.store, entry_point="POST /api/v1/cap", source=actor.name,
-                               reason=reason, body=body, content_type=request.content_type)
+        await _reject(request, reason, body)
         return error(400, "invalid_cap", reason,
                      {"rule": "signature-invalid", "element": "alert/Signature"})
     new = await cap_to_alert_with_geometry(gw.store, cap, actor=actor.name,
@@ -252,22 +257,12 @@ async def hydrology_readings(request: web.Request) -> web.Response:
     if actor.role not in ("feed", "admin"):
         return error(403, "forbidden", "this token may not submit gauge readings")
     body, data = await _json_body(request)
-    try:
-        parsed = ReadingsBody.model_validate(data)
-    except ValidationError as exc:
-        detail = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]}
-                  for e in exc.errors()]
-        await record_rejection(gw.store, entry_point="POST /api/v1/hydrology/readings",
-                               source=actor.name, reason=f"invalid readings: {detail}",
-                               body=body, content_type=request.content_type)
-        return error(400, "invalid_readings", "the readings are not valid", detail)
+    parsed = await _validated(request, ReadingsBody, body, data, noun="readings",
+                              message="the readings are not valid")
     results = await gw.hydrology.apply(parsed.readings)
     unknown = sorted({r["station"] for r in results if r["outcome"] == "unknown_station"})
     if unknown:
-        await record_rejection(gw.store, entry_point="POST /api/v1/hydrology/readings",
-                               source=actor.name,
-                               reason=f"unknown station(s): {', '.join(unknown)}", body=body,
-                               content_type=request.content_type)
+        await _reject(request, f"unknown station(s): {', '.join(unknown)}", body)
     return ok({"results": results})
 
 

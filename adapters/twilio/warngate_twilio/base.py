@@ -11,8 +11,9 @@ from aiohttp import web
 from twilio.rest import Client
 
 from warngate.adapter import AdapterConfigError, BaseAdapter, ReceiptSink
+from warngate.adapter_options import parse_options
 from warngate.settings import AdapterSettings
-from warngate_twilio.options import _Options, parse_options, webhook_base
+from warngate_twilio.options import _Options, webhook_base
 from warngate_twilio.rest import BaseUrlHttpClient, make_client
 from warngate_twilio.webhooks import RecordRejection, WebhookGuard
 

@@ -7,10 +7,8 @@ names as defaults) or from a file (``*_file``: Docker and Kubernetes secrets).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
-from typing import TypeVar
 
 from pydantic import (
     AnyHttpUrl,
@@ -18,13 +16,12 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from warngate.adapter import AdapterConfigError
-from warngate.settings import AdapterSettings
+from warngate.adapter_options import read_secret
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
@@ -54,7 +51,8 @@ class _Options(BaseModel):
 
     def resolve_secrets(self, adapter: str) -> tuple[SecretStr, SecretStr | None]:
         """(auth token, API key secret or None), or an AdapterConfigError naming the key."""
-        token = _secret(adapter, "auth token", self.auth_token_env, self.auth_token_file)
+        token = read_secret(adapter, "the auth token file", self.auth_token_env,
+                            self.auth_token_file)
         if token is None:
             raise AdapterConfigError(
                 f"adapter {adapter!r}: no Twilio auth token: set the environment variable "
@@ -62,8 +60,8 @@ class _Options(BaseModel):
             )
         key_secret = None
         if self.api_key_sid is not None:
-            key_secret = _secret(adapter, "API key secret", self.api_key_secret_env,
-                                 self.api_key_secret_file)
+            key_secret = read_secret(adapter, "the API key secret file",
+                                     self.api_key_secret_env, self.api_key_secret_file)
             if key_secret is None:
                 raise AdapterConfigError(
                     f"adapter {adapter!r}: options.api_key_sid is set but its secret is not: "
@@ -72,28 +70,11 @@ class _Options(BaseModel):
         return token, key_secret
 
 
-def _secret(adapter: str, what: str, env: str, file: Path | None) -> SecretStr | None:
-    if file is not None:
-        try:
-            value = file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise AdapterConfigError(
-                f"adapter {adapter!r}: cannot read the {what} file {file}: {exc.strerror}"
-            ) from exc
-        if not value:
-            raise AdapterConfigError(f"adapter {adapter!r}: the {what} file {file} is empty")
-        return SecretStr(value)
-    value = os.environ.get(env, "").strip()
-    return SecretStr(value) if value else None
-
-
 def _e164(value: str | None) -> str | None:
     if value is not None and not _E164.match(value):
         raise ValueError(f"{value!r} is not an E.164 number (like +8613800138000)")
     return value
 
-
-_T = TypeVar("_T", bound="_Options")
 
 _DEFAULT_ACK_WORDS = ("1", "收到", "确认", "已收到", "好", "好的", "ok", "okay", "yes", "y",
                       "是", "知道了", "明白")
@@ -150,17 +131,6 @@ class VoiceOptions(_Options):
     def _check_from(cls, value: str) -> str:
         _e164(value)
         return value
-
-
-def parse_options(model: type[_T], settings: AdapterSettings) -> _T:
-    """Validate ``settings.options`` or raise AdapterConfigError naming every bad key."""
-    try:
-        return model.model_validate(settings.options)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"options.{'.'.join(map(str, e['loc'])) or '(all)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise AdapterConfigError(f"adapter {settings.name!r}: {problems}") from None
 
 
 def webhook_base(options: _Options, public_url: str | None, adapter: str) -> str:
