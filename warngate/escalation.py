@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, insert, literal_column, or_, select, update
+from sqlalchemy import ColumnElement, and_, insert, literal_column, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from warngate.planning import priority_of
@@ -30,35 +31,18 @@ async def escalate_due(store: Store, policy: Policy, *, limit: int = 2000) -> in
     """Take the next step for every un-acknowledged delivery past its time; return how many."""
     now = time.time()
     async with store.write() as conn:
-        q = (
-            select(
-                deliveries.c.id, deliveries.c.alert_id, deliveries.c.contact_id,
-                deliveries.c.on_behalf_of, deliveries.c.role, deliveries.c.step,
-                deliveries.c.township_code, deliveries.c.village_code, deliveries.c.grid_code,
-                alerts.c.level, alerts.c.state.label("alert_state"),
-            )
-            .join(alerts, alerts.c.id == deliveries.c.alert_id)
-            .where(deliveries.c.escalate_at <= now, deliveries.c.acked_at.is_(None),
-                   deliveries.c.role != "speaker")
-            .order_by(deliveries.c.escalate_at)
-            .limit(limit)
+        due = await _claim_due(
+            conn, store, now, limit,
+            (deliveries.c.contact_id, deliveries.c.on_behalf_of, deliveries.c.role,
+             deliveries.c.grid_code),
+            deliveries.c.acked_at.is_(None), deliveries.c.role != "speaker",
         )
-        if store.is_postgres:
-            q = q.with_for_update(of=deliveries, skip_locked=True)
-        due = (await conn.execute(q)).all()
-        if not due:
-            return 0
         new_rows: list[dict[str, Any]] = []
         for d in due:
             if d.alert_state in _LIVE:
                 row = await _next_step(conn, policy, d, now)
                 if row is not None:
                     new_rows.append(row)
-        await conn.execute(
-            update(deliveries)
-            .where(deliveries.c.id.in_([d.id for d in due]))
-            .values(escalate_at=None)
-        )
         if new_rows:
             await conn.execute(insert(deliveries), new_rows)
     if new_rows:
@@ -75,22 +59,12 @@ async def repeat_speakers(store: Store, policy: Policy, *, limit: int = 2000) ->
     """
     now = time.time()
     async with store.write() as conn:
-        q = (
-            select(deliveries.c.id, deliveries.c.alert_id, deliveries.c.speaker_id,
-                   deliveries.c.step, deliveries.c.priority, deliveries.c.created_at,
-                   deliveries.c.township_code, deliveries.c.village_code,
-                   alerts.c.level, alerts.c.state.label("alert_state"),
-                   alerts.c.expires)
-            .join(alerts, alerts.c.id == deliveries.c.alert_id)
-            .where(deliveries.c.escalate_at <= now, deliveries.c.role == "speaker")
-            .order_by(deliveries.c.escalate_at)
-            .limit(limit)
+        due = await _claim_due(
+            conn, store, now, limit,
+            (deliveries.c.speaker_id, deliveries.c.priority, deliveries.c.created_at,
+             alerts.c.expires),
+            deliveries.c.role == "speaker",
         )
-        if store.is_postgres:
-            q = q.with_for_update(of=deliveries, skip_locked=True)
-        due = (await conn.execute(q)).all()
-        if not due:
-            return 0
         new_rows: list[dict[str, Any]] = []
         later: list[tuple[int, float]] = []
         for d in due:
@@ -109,16 +83,37 @@ async def repeat_speakers(store: Store, policy: Policy, *, limit: int = 2000) ->
                 "township_code": d.township_code, "village_code": d.village_code,
                 "created_at": now,
             })
-        await conn.execute(
-            update(deliveries).where(deliveries.c.id.in_([d.id for d in due]))
-            .values(escalate_at=None)
-        )
         for delivery_id, at in later:
             await conn.execute(update(deliveries).where(deliveries.c.id == delivery_id)
                                .values(escalate_at=at))
         if new_rows:
             await conn.execute(insert(deliveries), new_rows)
     return len(new_rows)
+
+
+async def _claim_due(
+    conn: AsyncConnection, store: Store, now: float, limit: int,
+    columns: Sequence[ColumnElement[Any]], *conditions: ColumnElement[bool],
+) -> Sequence[Any]:
+    """Deliveries whose ``escalate_at`` has passed, oldest first, with their alert's level
+    and state; their ``escalate_at`` is cleared so each is taken once (and on PostgreSQL
+    another gateway's sweep skips the rows this one holds)."""
+    q = (
+        select(deliveries.c.id, deliveries.c.alert_id, deliveries.c.step,
+               deliveries.c.township_code, deliveries.c.village_code, *columns,
+               alerts.c.level, alerts.c.state.label("alert_state"))
+        .join(alerts, alerts.c.id == deliveries.c.alert_id)
+        .where(deliveries.c.escalate_at <= now, *conditions)
+        .order_by(deliveries.c.escalate_at)
+        .limit(limit)
+    )
+    if store.is_postgres:
+        q = q.with_for_update(of=deliveries, skip_locked=True)
+    due = (await conn.execute(q)).all()
+    if due:
+        await conn.execute(update(deliveries).where(deliveries.c.id.in_([d.id for d in due]))
+                           .values(escalate_at=None))
+    return due
 
 
 async def _next_step(
@@ -163,9 +158,12 @@ async def speaker_fallback(store: Store, policy: Policy, speaker_id: str) -> int
     """An offline speaker's village gets its fallback now (e.g. call the village head)."""
     now = time.time()
     async with store.write() as conn:
-        sp = (
-            await conn.execute(select(speakers).where(speakers.c.id == speaker_id))
-        ).one_or_none()
+        q = select(speakers).where(speakers.c.id == speaker_id)
+        if store.is_postgres:
+            # The status listener and every gateway's sweep may ask at once: holding the
+            # speaker's row makes the next one see these rows and add nothing.
+            q = q.with_for_update()
+        sp = (await conn.execute(q)).one_or_none()
         if sp is None:
             return 0
         open_alerts = (

@@ -246,3 +246,33 @@ async def test_speaker_known_offline_gets_the_village_fallback_at_once(store: St
     # Only the offline speaker's village head is called, once.
     assert [(r.village_code, r.role, r.channel) for r in rows] == [
         (f"{T1}001", "village_head", "voice")]
+
+
+async def test_concurrent_fallbacks_for_one_speaker_call_the_village_head_once(
+    store: Store,
+) -> None:
+    from sqlalchemy import update
+
+    from warngate.escalation import speaker_fallback
+    from warngate.store.schema import speakers
+
+    # The status listener and the escalation sweep (in this and other gateway processes)
+    # may ask for the same speaker's fallback at the same moment.
+    await write_small_county(store, townships=1, villages=2, grids=1, households=1)
+    speaker = f"spk-{T1}001"
+    async with store.write() as conn:
+        await conn.execute(update(speakers).where(speakers.c.id == speaker).values(online=False))
+    url = store.engine.url.render_as_string(hide_password=False)
+    s = settings(url, sms_ack=1.0, voice_ack=1.0)
+    pol = policy(step1_after=60, step2_after=120)
+    alerts = Gateway(s, pol, store, []).alerts  # planning only: nothing is sent
+    accepted = await alerts.compose(ADMIN, ComposeRequest(
+        level="red", event="暴雨", headline="暴雨红色预警", areas=[T1]))
+    await alerts.approve(ADMIN, accepted.alert_id)
+    added = await asyncio.gather(*(speaker_fallback(store, pol, speaker) for _ in range(8)))
+    async with store.read() as conn:
+        rows = (await conn.execute(
+            select(deliveries.c.village_code, deliveries.c.role)
+            .where(deliveries.c.last_error == "speaker offline fallback"))).all()
+    assert [tuple(r) for r in rows] == [(f"{T1}001", "village_head")]
+    assert sorted(added) == [0] * 7 + [1]
