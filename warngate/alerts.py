@@ -381,17 +381,7 @@ async def cancel_in(conn: AsyncConnection, row: Any, actor: str, now: float) -> 
         update(alerts).where(alerts.c.id == row.id)
         .values(state="cancelled", cancelled_by=actor, plan_stage=2, updated_at=now)
     )
-    stopped = await conn.execute(
-        update(deliveries)
-        .where(deliveries.c.alert_id == row.id,
-               deliveries.c.state.in_((literal_column("'planned'"), literal_column("'retry'"))))
-        .values(state="cancelled", escalate_at=None)
-    )
-    await conn.execute(
-        update(deliveries)
-        .where(deliveries.c.alert_id == row.id, deliveries.c.escalate_at.is_not(None))
-        .values(escalate_at=None)
-    )
+    stopped = await _stop_pending(conn, row.id, "cancelled")
     reached = ("sending", "sent", "delivered", "acknowledged")
     people = (
         select(
@@ -423,7 +413,7 @@ async def cancel_in(conn: AsyncConnection, row: Any, actor: str, now: float) -> 
     )
     scols = [c if c != "contact_id" else "speaker_id" for c in cols]
     b = await conn.execute(insert(deliveries).from_select(scols, speakers_reached))
-    return max(stopped.rowcount, 0), max(a.rowcount, 0) + max(b.rowcount, 0)
+    return stopped, max(a.rowcount, 0) + max(b.rowcount, 0)
 
 
 async def supersede_in(conn: AsyncConnection, old: Any, new_id: int, now: float) -> None:
@@ -435,15 +425,22 @@ async def supersede_in(conn: AsyncConnection, old: Any, new_id: int, now: float)
     await conn.execute(
         update(alerts).where(alerts.c.id == new_id).values(supersedes_id=old.id)
     )
-    await conn.execute(
+    await _stop_pending(conn, old.id, "superseded")
+
+
+async def _stop_pending(conn: AsyncConnection, alert_id: int, state: str) -> int:
+    """What of the alert is not sent yet ends in ``state``, and none of it escalates or
+    repeats any more; returns how many deliveries were stopped."""
+    stopped = await conn.execute(
         update(deliveries)
-        .where(deliveries.c.alert_id == old.id,
+        .where(deliveries.c.alert_id == alert_id,
                deliveries.c.state.in_((literal_column("'planned'"), literal_column("'retry'"))))
-        .values(state="superseded", escalate_at=None)
+        .values(state=state, escalate_at=None)
     )
     await conn.execute(
         update(deliveries)
-        .where(deliveries.c.alert_id == old.id, deliveries.c.escalate_at.is_not(None))
+        .where(deliveries.c.alert_id == alert_id, deliveries.c.escalate_at.is_not(None))
         .values(escalate_at=None)
     )
+    return max(stopped.rowcount, 0)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from warngate.durations import Duration
+from warngate.yamlfile import read_yaml
 
 LEVELS: tuple[str, ...] = ("blue", "yellow", "orange", "red")
 LEVEL_RANK: dict[str, int] = {name: i for i, name in enumerate(LEVELS)}
@@ -111,12 +111,7 @@ class PolicyError(Exception):
 
 
 def load_policy(path: Path) -> Policy:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read policy: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
+    data = read_yaml(path, "policy", PolicyError)
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:

@@ -10,11 +10,11 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from warngate.durations import Duration
+from warngate.yamlfile import read_yaml
 
 Role = Literal["admin", "duty_officer", "approver", "township", "feed"]
 
@@ -241,12 +241,7 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
     """Read ``path`` (YAML), apply environment overrides and ``overrides``, validate."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        loaded = read_yaml(path, "configuration", ConfigError)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys")
         data = loaded or {}
@@ -257,10 +252,9 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
     data.update(overrides)
     secrets_file = data.get("secrets_file")
     if secrets_file:
-        try:
-            secrets = yaml.safe_load(Path(secrets_file).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{secrets_file}: cannot read secrets file: {exc}") from exc
+        secrets = read_yaml(Path(secrets_file), "secrets file", ConfigError) or {}
+        if not isinstance(secrets, dict):
+            raise ConfigError(f"{secrets_file}: the top level must be a mapping of keys")
         for key, value in secrets.items():
             data.setdefault(key, value)
     try:
