@@ -30,11 +30,15 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import aiohttp
 from aiohttp import web
 from twilio.request_validator import RequestValidator
+from warngate_twilio.base import TwilioAdapter
+
+from warngate.settings import AdapterSettings
+from warngate.testing import RecordingSink
 
 CallOutcome = Literal["press1", "press2", "answer", "no-answer", "busy", "failed"]
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -502,3 +506,39 @@ def twilio_options(fake: FakeTwilio, **extra: Any) -> dict[str, Any]:
     """Adapter options pointing the real twilio library at ``fake``."""
     return {"account_sid": fake.account_sid, "from_number": "+15005550006",
             "api_base_url": fake.base_url, **extra}
+
+
+_A = TypeVar("_A", bound="TwilioAdapter[Any]")
+
+
+@dataclass
+class AdapterRig(Generic[_A]):
+    """One Twilio adapter started against the fake, its webhooks served on loopback."""
+
+    fake: FakeTwilio
+    adapter: _A
+    sink: RecordingSink
+    rejections: RejectionLog
+    public_url: str
+
+    def url(self, leaf: str, query: str = "") -> str:
+        """The URL of one of the adapter's webhooks, as Twilio is told it."""
+        return f"{self.public_url}/hooks/twilio/{self.adapter.name}/{leaf}{query}"
+
+
+@contextlib.asynccontextmanager
+async def adapter_rig(adapter_class: type[_A], settings: AdapterSettings,
+                      fake: FakeTwilio) -> AsyncIterator[AdapterRig[_A]]:
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    rejections = RejectionLog()
+    adapter = adapter_class(settings, public_url=public, record_rejection=rejections)
+    sink = RecordingSink()
+    await adapter.start(sink)
+    app = web.Application()
+    app.router.add_routes(adapter.routes())
+    try:
+        async with serving(app, port):
+            yield AdapterRig(fake, adapter, sink, rejections, public)
+    finally:
+        await adapter.stop()

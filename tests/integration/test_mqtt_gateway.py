@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import select
 from warngate_mqtt.speaker_sim import Behaviour, SpeakerSimulator
 
+from tests.gateway_run import ADMIN, GatewayRun
 from tests.mosquitto import GATEWAY_USER, Mosquitto, throwaway_mosquitto
 from tests.smallcounty import write_small_county
-from warngate.alerts import Actor, ComposeRequest
 from warngate.policy import Policy
 from warngate.service import Gateway, load_adapters
 from warngate.settings import (
@@ -34,7 +34,6 @@ from warngate.store.schema import acknowledgements, deliveries, receipts, reject
 
 pytestmark = pytest.mark.mqtt
 
-ADMIN = Actor("admin", "admin")
 T1 = "339901001"
 GW_PASSWORD = "gateway-secret"
 SPEAKER_PASSWORD = "speaker-secret"
@@ -57,36 +56,9 @@ def policy(*, repeat_every: float | None = None) -> Policy:
 
 
 @dataclass
-class Run:
-    gw: Gateway
+class Run(GatewayRun):
     sim: SpeakerSimulator
     broker: Mosquitto
-
-    @property
-    def store(self) -> Store:
-        return self.gw.store
-
-    async def warn(self, areas: Sequence[str] = (T1,)) -> int:
-        accepted = await self.gw.alerts.compose(ADMIN, ComposeRequest(
-            level="red", event="暴雨", headline="夏溪县气象台发布暴雨红色预警",
-            description="预计未来3小时内将出现50毫米以上降水。", instruction="请立即转移。",
-            areas=list(areas)))
-        await self.gw.alerts.approve(ADMIN, accepted.alert_id)
-        return accepted.alert_id
-
-    async def rows(self, query: Any) -> list[Any]:
-        async with self.store.read() as conn:
-            return list((await conn.execute(query)).all())
-
-    async def until(self, query: Any, check: Callable[[list[Any]], bool],
-                    within: float = 30.0) -> list[Any]:
-        """Poll until ``check`` holds (a ceiling for a hung test, not a timing claim)."""
-        async with asyncio.timeout(within):
-            while True:
-                rows = await self.rows(query)
-                if check(rows):
-                    return rows
-                await asyncio.sleep(0.05)
 
 
 SPEAKER_ROWS = select(deliveries.c.id, deliveries.c.kind, deliveries.c.speaker_id,

@@ -4,13 +4,13 @@ cancel — with the simulated providers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
 
+from tests.gateway_run import ADMIN, wait_until
 from tests.smallcounty import write_small_county
-from warngate.alerts import Actor, ComposeRequest
+from warngate.alerts import ComposeRequest
 from warngate.policy import Policy
 from warngate.service import Gateway, load_adapters
 from warngate.settings import (
@@ -23,7 +23,6 @@ from warngate.settings import (
 from warngate.store import Store
 from warngate.store.schema import acknowledgements, deliveries
 
-ADMIN = Actor("admin", "admin")
 T1 = "339901001"
 
 
@@ -70,18 +69,6 @@ def settings(store_url: str, *, sms_ack: float, voice_ack: float) -> Settings:
         dispatch=DispatchSettings(idle_poll=0.02),
         escalation=EscalationSettings(sweep_every=0.1),
     )
-
-
-async def wait_until(store: Store, query: Any, check: Callable[[Any], bool],
-                     within: float = 30.0) -> Any:
-    """Poll ``query`` until ``check`` holds (a ceiling for a hung test, not a timing claim)."""
-    async with asyncio.timeout(within):
-        while True:
-            async with store.read() as conn:
-                value = (await conn.execute(query)).all()
-            if check(value):
-                return value
-            await asyncio.sleep(0.05)
 
 
 def by_state() -> Any:

@@ -3,9 +3,8 @@ Twilio adapters to the fake Twilio, which calls back as Twilio would."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -15,11 +14,12 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select
 
+from tests.gateway_run import GatewayRun
 from tests.smallcounty import write_small_county
 from tests.twilio_fake import FakeTwilio, free_port, serving, twilio_options
-from warngate.alerts import Actor, ComposeRequest, record_rejection
+from warngate.alerts import record_rejection
 from warngate.policy import Policy
-from warngate.service import Gateway, load_adapters
+from warngate.service import load_adapters
 from warngate.settings import (
     AdapterSettings,
     ApiToken,
@@ -41,7 +41,6 @@ from warngate.store.schema import (
 )
 from warngate.web.app import GATEWAY, build_app
 
-ADMIN = Actor("admin", "admin")
 T1 = "339901001"
 RETRY = RetrySettings(max_attempts=20, base_delay=0.2, max_delay=1.0)
 
@@ -66,37 +65,10 @@ def red_policy(escalate_after: float = 4.0) -> Policy:
 
 
 @dataclass
-class Running:
-    gw: Gateway
+class Running(GatewayRun):
     fake: FakeTwilio
     public_url: str
     phones: dict[str, str]  # external id → phone
-
-    @property
-    def store(self) -> Store:
-        return self.gw.store
-
-    async def warn(self, level: str) -> int:
-        accepted = await self.gw.alerts.compose(ADMIN, ComposeRequest(
-            level=level, event="暴雨", headline="夏溪县气象台发布暴雨红色预警",  # type: ignore[arg-type]
-            description="预计未来3小时内将出现50毫米以上降水。", instruction="请立即转移。",
-            areas=[T1]))
-        await self.gw.alerts.approve(ADMIN, accepted.alert_id)
-        return accepted.alert_id
-
-    async def rows(self, query: Any) -> list[Any]:
-        async with self.store.read() as conn:
-            return list((await conn.execute(query)).all())
-
-    async def until(self, query: Any, check: Callable[[list[Any]], bool],
-                    within: float = 30.0) -> list[Any]:
-        """Poll until ``check`` holds (a ceiling for a hung test, not a timing claim)."""
-        async with asyncio.timeout(within):
-            while True:
-                rows = await self.rows(query)
-                if check(rows):
-                    return rows
-                await asyncio.sleep(0.05)
 
     def hook(self, leaf: str) -> str:
         return f"{self.public_url}/hooks/twilio/{leaf}"

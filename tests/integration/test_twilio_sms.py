@@ -3,33 +3,22 @@ provider errors, and the webhooks Twilio calls back (signed as Twilio signs them
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiohttp import web
 from warngate_twilio import TwilioSmsAdapter
 
-from tests.twilio_fake import FakeTwilio, RejectionLog, free_port, serving, twilio_options
+from tests.twilio_fake import AdapterRig, FakeTwilio, adapter_rig, free_port, twilio_options
 from warngate.adapter import AuthError, Outbound, PermanentError, TransientError
 from warngate.settings import AdapterSettings
-from warngate.testing import RecordingSink
 
 TO = "+8617000000010"
 LINK = "http://yj.test/ack/2a-k7x9q2mz4d"
 
 
-@dataclass
-class Rig:
-    fake: FakeTwilio
-    adapter: TwilioSmsAdapter
-    sink: RecordingSink
-    rejections: RejectionLog
-    public_url: str
-
-    def url(self, leaf: str, query: str = "") -> str:
-        return f"{self.public_url}/hooks/twilio/sms/{leaf}{query}"
+Rig = AdapterRig[TwilioSmsAdapter]
 
 
 def warning(delivery_id: int = 7, to: str = TO, **kw: Any) -> Outbound:
@@ -55,29 +44,11 @@ async def rig(fake: FakeTwilio, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
 
 
 def make_rig(fake: FakeTwilio, monkeypatch: pytest.MonkeyPatch, *, token: str | None = None,
-             **options: Any) -> Any:
-    import contextlib
-
-    @contextlib.asynccontextmanager
-    async def rig() -> AsyncIterator[Rig]:
-        monkeypatch.setenv("TWILIO_AUTH_TOKEN", token or fake.auth_token)
-        port = free_port()
-        public = f"http://127.0.0.1:{port}"
-        rejections = RejectionLog()
-        settings = AdapterSettings(name="sms", type="twilio-sms", channel="sms",
-                                   options=twilio_options(fake, **options))
-        adapter = TwilioSmsAdapter(settings, public_url=public, record_rejection=rejections)
-        sink = RecordingSink()
-        await adapter.start(sink)
-        app = web.Application()
-        app.router.add_routes(adapter.routes())
-        try:
-            async with serving(app, port):
-                yield Rig(fake, adapter, sink, rejections, public)
-        finally:
-            await adapter.stop()
-
-    return rig()
+             **options: Any) -> contextlib.AbstractAsyncContextManager[Rig]:
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", token or fake.auth_token)
+    settings = AdapterSettings(name="sms", type="twilio-sms", channel="sms",
+                               options=twilio_options(fake, **options))
+    return adapter_rig(TwilioSmsAdapter, settings, fake)
 
 
 # -- sending ------------------------------------------------------------------------------

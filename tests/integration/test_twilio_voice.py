@@ -5,28 +5,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiohttp import web
 from warngate_twilio import TwilioVoiceAdapter
 
-from tests.twilio_fake import FakeTwilio, RejectionLog, free_port, serving, twilio_options
+from tests.twilio_fake import AdapterRig, FakeTwilio, adapter_rig, twilio_options
 from warngate.adapter import Outbound, PermanentError
 from warngate.settings import AdapterSettings
-from warngate.testing import RecordingSink
 
 TO = "+8617000000011"
 
 
-@dataclass
-class Rig:
-    fake: FakeTwilio
-    adapter: TwilioVoiceAdapter
-    sink: RecordingSink
-    rejections: RejectionLog
-    public_url: str
+Rig = AdapterRig[TwilioVoiceAdapter]
 
 
 def call_for(delivery_id: int = 21, **kw: Any) -> Outbound:
@@ -39,25 +30,12 @@ def call_for(delivery_id: int = 21, **kw: Any) -> Outbound:
     return Outbound(**{**base, **kw})
 
 
-@contextlib.asynccontextmanager
-async def make_rig(fake: FakeTwilio, monkeypatch: pytest.MonkeyPatch,
-                   **options: Any) -> AsyncIterator[Rig]:
+def make_rig(fake: FakeTwilio, monkeypatch: pytest.MonkeyPatch,
+             **options: Any) -> contextlib.AbstractAsyncContextManager[Rig]:
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", fake.auth_token)
-    port = free_port()
-    public = f"http://127.0.0.1:{port}"
-    rejections = RejectionLog()
     settings = AdapterSettings(name="voice", type="twilio-voice", channel="voice",
                                rate_per_second=5, options=twilio_options(fake, **options))
-    adapter = TwilioVoiceAdapter(settings, public_url=public, record_rejection=rejections)
-    sink = RecordingSink()
-    await adapter.start(sink)
-    app = web.Application()
-    app.router.add_routes(adapter.routes())
-    try:
-        async with serving(app, port):
-            yield Rig(fake, adapter, sink, rejections, public)
-    finally:
-        await adapter.stop()
+    return adapter_rig(TwilioVoiceAdapter, settings, fake)
 
 
 @pytest.fixture
