@@ -208,7 +208,7 @@ class Planner:
         store: Store,
         policy: Policy,
         *,
-        villages_per_chunk: int = 50,
+        villages_per_chunk: int = 200,
         on_planned: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store

@@ -163,7 +163,7 @@ class DispatchSettings(_Frozen):
 
 class PlanningSettings(_Frozen):
     #: Households are planned in chunks of this many villages, each its own transaction.
-    villages_per_chunk: int = Field(default=50, ge=1)
+    villages_per_chunk: int = Field(default=200, ge=1)
 
 
 class EscalationSettings(_Frozen):
