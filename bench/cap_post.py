@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/cap_post.py [--posts 200] [--backend sqlite|postgres]
 
+PostgreSQL: a database created for the run on WARNGATE_TEST_PG (default 127.0.0.1:5432).
+
 The real HTTP service (aiohttp, auth, safe CAP parsing, accept, planning, dispatch) on
 loopback with the simulated SMS provider; a small county of 2 townships. Each post is a new
 red warning for one village; p50/p99 of POST → first message handed to the provider.
@@ -13,7 +15,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.databases import throwaway_database
 from tests.smallcounty import write_small_county
 from warngate.adapter import Outbound, SendResult
 from warngate.policy import Policy
@@ -110,15 +112,17 @@ async def run(url: str, posts: int) -> list[float]:
     return latencies
 
 
+async def run_on(backend: str, posts: int) -> list[float]:
+    async with throwaway_database(backend) as url:
+        return await run(url, posts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--posts", type=int, default=200)
     ap.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     args = ap.parse_args()
-    if args.backend == "postgres":
-        sys.exit("postgres: run with WARNGATE_BENCH_PG=<url of an empty database>")
-    with tempfile.TemporaryDirectory() as tmp:
-        lat = asyncio.run(run(f"sqlite+aiosqlite:///{tmp}/b.db", args.posts))
+    lat = asyncio.run(run_on(args.backend, args.posts))
     lat.sort()
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
     print(f"{len(lat)} CAP posts: POST → first message p50 {statistics.median(lat):.1f} ms, "

@@ -16,17 +16,16 @@ import asyncio
 import resource
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.databases import throwaway_database
 from warngate.adapter import Outbound, SendResult
 from warngate.alerts import NewAlert
 from warngate.planning import Planner
@@ -37,7 +36,6 @@ from warngate.sim import SimSmsAdapter
 from warngate.store import Store
 from warngate.store.schema import alerts, deliveries
 
-PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 HOUSEHOLDS_PER_VILLAGE = 250
 VILLAGES_PER_TOWNSHIP = 100
 
@@ -176,19 +174,8 @@ async def one_run(url: str, n: int) -> dict[str, float]:
 
 
 async def run_backend(backend: str, n: int) -> dict[str, float]:
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory() as tmp:
-            return await one_run(f"sqlite+aiosqlite:///{tmp}/bench.db", n)
-    name = f"warngate_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_async_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        return await one_run(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", n)
-    finally:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
+    async with throwaway_database(backend) as url:
+        return await one_run(url, n)
 
 
 def main() -> None:
