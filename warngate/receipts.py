@@ -16,7 +16,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, case, insert, literal_column, select, update
+from sqlalchemy import (
+    ColumnElement,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from warngate.phone import mask
@@ -218,27 +227,26 @@ async def _resolve_refs(conn: AsyncConnection, batch: Sequence[_Pending]) -> Non
 
 async def _resolve_phones(conn: AsyncConnection, acks: Sequence[_Pending]) -> None:
     """A reply from a number acknowledges that person's newest open delivery."""
-    for p in acks:
-        phone = p.data.get("phone")
-        if p.data.get("delivery_id") is not None or not phone:
-            continue
-        row = (
-            await conn.execute(
-                select(deliveries.c.id)
-                .join(contacts, contacts.c.id == deliveries.c.contact_id)
-                .where(
-                    contacts.c.phone == phone,
-                    _ACK_REQUIRED,
-                    deliveries.c.kind != "cancel",
-                    deliveries.c.acked_at.is_(None),
-                    deliveries.c.state.in_(("sending", "sent", "delivered")),
-                )
-                .order_by(deliveries.c.id.desc())
-                .limit(1)
+    waiting = [p for p in acks if p.data.get("delivery_id") is None and p.data.get("phone")]
+    phones = sorted({str(p.data["phone"]) for p in waiting})
+    newest: dict[str, int] = {}
+    for i in range(0, len(phones), 500):
+        rows = await conn.execute(
+            select(contacts.c.phone, func.max(deliveries.c.id))
+            .join(contacts, contacts.c.id == deliveries.c.contact_id)
+            .where(
+                contacts.c.phone.in_(phones[i : i + 500]),
+                _ACK_REQUIRED,
+                deliveries.c.kind != "cancel",
+                deliveries.c.acked_at.is_(None),
+                deliveries.c.state.in_(("sending", "sent", "delivered")),
             )
-        ).first()
-        if row is not None:
-            p.data["delivery_id"] = row.id
+            .group_by(contacts.c.phone)
+        )
+        newest.update((phone, int(delivery_id)) for phone, delivery_id in rows)
+    for p in waiting:
+        if (found := newest.get(str(p.data["phone"]))) is not None:
+            p.data["delivery_id"] = found
 
 
 async def _known_ids(store: Store, conn: AsyncConnection, ids: set[int]) -> set[int]:

@@ -12,6 +12,7 @@ from tests.gateway_run import ADMIN, wait_until
 from tests.smallcounty import write_small_county
 from warngate.alerts import ComposeRequest
 from warngate.policy import Policy
+from warngate.receipts import ReceiptWriter
 from warngate.service import Gateway, load_adapters
 from warngate.settings import (
     AdapterSettings,
@@ -21,7 +22,7 @@ from warngate.settings import (
     Settings,
 )
 from warngate.store import Store
-from warngate.store.schema import acknowledgements, deliveries
+from warngate.store.schema import acknowledgements, contacts, deliveries, rejected_inputs
 
 T1 = "339901001"
 
@@ -263,3 +264,37 @@ async def test_concurrent_fallbacks_for_one_speaker_call_the_village_head_once(
             .where(deliveries.c.last_error == "speaker offline fallback"))).all()
     assert [tuple(r) for r in rows] == [(f"{T1}001", "village_head")]
     assert sorted(added) == [0] * 7 + [1]
+
+
+async def test_reply_by_phone_acknowledges_the_newest_open_warning(store: Store) -> None:
+    await write_small_county(store, townships=1, villages=1, grids=1, households=1)
+    url = store.engine.url.render_as_string(hide_password=False)
+    s = settings(url, sms_ack=0.0, voice_ack=0.0)
+    pol = policy(step1_after=600, step2_after=1200)
+    alert_ids = []
+    async with Gateway(s, pol, store, load_adapters(s, pol)) as gw:
+        for event in ("暴雨", "山洪"):
+            accepted = await gw.alerts.compose(ADMIN, ComposeRequest(
+                level="red", event=event, headline=f"{event}红色预警", areas=[T1]))
+            await gw.alerts.approve(ADMIN, accepted.alert_id)
+            alert_ids.append(accepted.alert_id)
+        await wait_until(store, by_state(), settled)
+    async with store.read() as conn:
+        phone = (await conn.execute(
+            select(contacts.c.phone).where(contacts.c.role == "grid_worker"))).scalar_one()
+    acked = (select(deliveries.c.alert_id).join(contacts, contacts.c.id == deliveries.c.contact_id)
+             .where(contacts.c.phone == phone, deliveries.c.acked_at.is_not(None)))
+
+    writer = ReceiptWriter(store)
+    writer.acknowledge(phone=phone, via="sms-reply")
+    writer.acknowledge(phone="+8613900000000", via="sms-reply")  # nobody's number
+    await writer.flush()
+    async with store.read() as conn:
+        assert list((await conn.execute(acked)).scalars()) == [alert_ids[1]]
+        kept = (await conn.execute(select(rejected_inputs.c.reason))).scalars().all()
+    assert len(kept) == 1 and writer.unknown == 1
+
+    writer.acknowledge(phone=phone, via="sms-reply")  # the next reply: the older warning
+    await writer.flush()
+    async with store.read() as conn:
+        assert sorted((await conn.execute(acked)).scalars()) == sorted(alert_ids)
