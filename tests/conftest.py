@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -20,6 +21,11 @@ PG_ADMIN_URL = os.environ.get(
     "WARNGATE_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 CONFIG = Path(__file__).resolve().parents[1] / "config"
+
+# CI (.ci/run) replays the same examples every run, so a landing never hangs on a new random
+# draw; runs on a developer's machine keep exploring and report what they find.
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 async def _pg_available() -> bool:

@@ -63,6 +63,8 @@ def test_refusals_name_rule_and_element(name: str, rule: str, element: str | Non
     (b"<feed xmlns='http://www.w3.org/2005/Atom'/>", "not-cap"),
     (b"<alert xmlns='urn:oasis:names:tc:emergency:cap:1.0'/>", "not-cap"),
     (b"\xff\xfe<\x00a\x00", "xml-syntax"),
+    # Found by the mutation test below: an encoding Python has no codec for.
+    (b'<?xml version="1.0" encoding="AUTF-8"?><alert/>', "xml-syntax"),
 ])
 def test_not_cap_at_all(body: bytes, rule: str) -> None:
     with pytest.raises(CapError) as err:

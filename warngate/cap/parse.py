@@ -59,6 +59,8 @@ def parse_cap(data: bytes, *, max_bytes: int = 1_048_576) -> CapAlert:
         raise CapError(f"unsafe XML: {exc}", rule="entity-forbidden") from exc
     except (ParseError, ValueError) as exc:
         raise CapError(f"not well-formed XML: {exc}", rule="xml-syntax") from exc
+    except LookupError as exc:  # <?xml encoding="..."?> names a codec Python does not know
+        raise CapError(f"not readable XML: {exc}", rule="xml-syntax") from exc
     try:
         root = etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as exc:
