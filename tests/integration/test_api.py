@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import func, select
 
@@ -102,6 +103,25 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     app = build_app(api_settings(url, max_body=4096), pol)
     async with TestClient(TestServer(app)) as client:
         yield Api(client, url)
+
+
+async def test_input_that_meets_a_bug_is_answered_500_and_kept(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'api.db'}"
+    app = build_app(api_settings(url), policy())
+
+    async def buggy(request: web.Request) -> web.Response:
+        await request.read()
+        raise KeyError("a bug")
+
+    app.router.add_post("/api/v1/buggy", buggy)  # stands in for a handler with a bug
+    async with TestClient(TestServer(app)) as client:
+        api = Api(client, url)
+        status, body = await api.call("POST", "/api/v1/buggy", data="暴雨红色预警".encode())
+    assert (status, body["error"]["code"]) == (500, "internal")
+    [row] = await api.rejected()
+    assert row.entry_point == "POST /api/v1/buggy"
+    assert row.reason.startswith("internal error: KeyError")
+    assert row.body.decode() == "暴雨红色预警"
 
 
 RED = {"level": "red", "event": "暴雨", "headline": "暴雨红色预警", "areas": ["339901001"],

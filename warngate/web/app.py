@@ -67,9 +67,21 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400 or not request.path.startswith("/api/"):
             raise
         return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
-    except Exception:
+    except Exception as exc:
         log.exception("unhandled error on %s %s", request.method, request.path)
+        await _keep_failed_input(request, exc)
         return error(500, "internal", "internal error; see the service log")
+
+
+async def _keep_failed_input(request: web.Request, exc: Exception) -> None:
+    """A body that met a bug is kept like a refused one, so it can be replayed once fixed."""
+    if request.method != "POST" or not request.path.startswith(("/api/", "/hooks/")):
+        return
+    try:
+        await _reject(request, f"internal error: {type(exc).__name__}: {exc}",
+                      await request.read())
+    except Exception:  # the store itself may be what failed; the log has the error
+        log.exception("could not keep the input of %s %s", request.method, request.path)
 
 
 @web.middleware
