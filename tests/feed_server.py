@@ -17,6 +17,8 @@ class FeedServer:
     fail_next: int = 0
     delay: float = 0.0
     embed: bool = False
+    #: Further <entry> elements, as written, after the generated ones (ATOM only).
+    raw_entries: list[str] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (path, If-None-Match)
     server: TestServer | None = None
 
@@ -37,7 +39,7 @@ class FeedServer:
         return ('<?xml version="1.0" encoding="UTF-8"?>'
                 '<feed xmlns="http://www.w3.org/2005/Atom"><id>urn:test:feed</id>'
                 "<title>t</title><updated>2026-11-25T00:00:00Z</updated>"
-                + "".join(entries) + "</feed>").encode()
+                + "".join(entries + self.raw_entries) + "</feed>").encode()
 
     def _rss(self) -> bytes:
         items = "".join(f"<item><guid>urn:test:{n}</guid><link>/cap/{n}</link></item>"

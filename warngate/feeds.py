@@ -10,21 +10,18 @@ used as it is. A failing feed backs off exponentially with jitter and shows as d
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import time
-import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin
 
 import aiohttp
-from defusedxml import ElementTree as SafeET
 from sqlalchemy import insert, select
 
 from warngate.alerts import record_rejection
+from warngate.feedformat import Entry, FeedFormatError, read_entries
 from warngate.settings import FeedSettings
 from warngate.store import Store
 from warngate.store.schema import feed_entries
@@ -34,8 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_ATOM = "{http://www.w3.org/2005/Atom}"
-_CAP_NAMESPACES = ("urn:oasis:names:tc:emergency:cap:1.2", "urn:oasis:names:tc:emergency:cap:1.1")
 _MAX_BACKOFF = 3600.0
 
 
@@ -64,14 +59,6 @@ class FeedStatus:
 
 class FeedError(Exception):
     """The feed could not be read (network, HTTP status, size, XML)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    key: str
-    url: str | None = None
-    #: A CAP message carried inside the entry itself.
-    embedded: bytes | None = None
 
 
 @dataclass
@@ -141,18 +128,22 @@ class FeedPoller:
         status, body, resp_headers = await self._get(feed, feed.url, headers)
         if status == 304:
             return 0
-        st.etag = resp_headers.get("ETag")
-        st.last_modified = resp_headers.get("Last-Modified")
         try:
-            root = SafeET.fromstring(body)
-        except Exception as exc:  # defusedxml raises several types; all mean "not usable"
-            raise FeedError(f"feed is not well-formed, safe XML: {exc}") from exc
-        entries = list(_entries(root, body, feed))[: feed.max_entries]
+            entries = read_entries(body, feed.url, feed.kind)
+        except FeedFormatError as exc:
+            raise FeedError(str(exc)) from exc
         seen = await self._seen(feed.name, [e.key for e in entries])
+        new = [e for e in entries if e.key not in seen]
+        if len(new) > feed.max_entries:
+            # The rest waits for the next poll, which must then fetch the document again.
+            log.warning("feed %s: %d new entries; taking %d now, the rest at the next poll",
+                        feed.name, len(new), feed.max_entries)
+            st.etag = st.last_modified = None
+        else:
+            st.etag = resp_headers.get("ETag")
+            st.last_modified = resp_headers.get("Last-Modified")
         accepted = 0
-        for entry in entries:
-            if entry.key in seen:
-                continue
+        for entry in new[: feed.max_entries]:
             accepted += await self._take(feed, st, entry)
         return accepted
 
@@ -183,6 +174,8 @@ class FeedPoller:
         from warngate.sources import cap_to_alert_with_geometry
 
         source = f"feed {feed.name}"
+        if entry.problem is not None:
+            return await self._remember(feed, st, entry, source, entry.problem, entry.body)
         body = entry.embedded
         if body is None:
             assert entry.url is not None
@@ -208,6 +201,11 @@ class FeedPoller:
                                                        signature=signature)
                 await self.alerts.accept(new, actor=source)
                 st.accepted += 1
+        return await self._remember(feed, st, entry, source, reason, body)
+
+    async def _remember(self, feed: FeedSettings, st: FeedStatus, entry: Entry, source: str,
+                        reason: str | None, body: bytes | None) -> int:
+        """Record the entry as taken (so it is never fetched again); keep a refusal."""
         outcome = "accepted"
         if reason is not None:
             outcome = f"rejected: {reason}"
@@ -231,68 +229,6 @@ class FeedPoller:
                         feed_entries.c.entry_key.in_(keys[i:i + 500]))
                 )).scalars())
         return found
-
-
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
-def _find_cap(el: ET.Element) -> ET.Element | None:
-    for node in el.iter():
-        if _local(node.tag) == "alert" and node.tag.strip("{").split("}")[0] in _CAP_NAMESPACES:
-            return node
-    return None
-
-
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _entries(root: ET.Element, body: bytes, feed: FeedSettings) -> Iterator[Entry]:
-    kind: str = feed.kind
-    if kind == "auto":
-        name = _local(root.tag)
-        kind = {"feed": "atom", "rss": "rss", "RDF": "rss"}.get(name, "cap")
-    if kind == "cap":
-        # A bare CAP URL (or an EDXL-DE envelope): the message is its own single entry.
-        cap = root if _local(root.tag) == "alert" else _find_cap(root)
-        if cap is None:
-            raise FeedError("document is neither ATOM, RSS nor CAP")
-        data = body if cap is root else ET.tostring(cap, encoding="utf-8")
-        yield Entry(key=_digest(data), url=feed.url, embedded=data)
-        return
-    if kind == "atom":
-        for e in root.iter(f"{_ATOM}entry"):
-            embedded = _find_cap(e)
-            ident = (e.findtext(f"{_ATOM}id") or "").strip()
-            updated = (e.findtext(f"{_ATOM}updated") or "").strip()
-            href = None
-            for link in e.iter(f"{_ATOM}link"):
-                h = link.get("href")
-                if not h:
-                    continue
-                rel, typ = link.get("rel", "alternate"), link.get("type", "")
-                if "cap" in typ or (href is None and rel in ("alternate", "enclosure")):
-                    href = urljoin(feed.url, h)
-            if embedded is not None:
-                data = ET.tostring(embedded, encoding="utf-8")
-                yield Entry(key=f"{ident}@{updated}" if ident else _digest(data),
-                            url=href, embedded=data)
-            elif href:
-                yield Entry(key=f"{ident or href}@{updated}", url=href)
-        return
-    for item in root.iter("item"):
-        embedded = _find_cap(item)
-        guid = (item.findtext("guid") or "").strip()
-        target = (item.findtext("link") or "").strip()
-        enclosure = item.find("enclosure")
-        if enclosure is not None and enclosure.get("url"):
-            target = enclosure.get("url") or target
-        if embedded is not None:
-            data = ET.tostring(embedded, encoding="utf-8")
-            yield Entry(key=guid or _digest(data), url=target or None, embedded=data)
-        elif target:
-            yield Entry(key=guid or target, url=urljoin(feed.url, target))
 
 
 def health(poller: FeedPoller | None) -> list[dict[str, Any]]:

@@ -91,7 +91,7 @@ class FeedSettings(_Frozen):
     max_bytes: int = Field(default=5_242_880, ge=1024)
     #: CAP ``sender`` values accepted from this feed; empty accepts any.
     senders: tuple[str, ...] = ()
-    #: Entries looked at per poll (newest first, as feeds list them).
+    #: New entries taken per poll, in feed order; the rest are taken at the next polls.
     max_entries: int = Field(default=500, ge=1)
     headers: dict[str, str] = {}
 

@@ -124,3 +124,66 @@ async def test_not_a_feed(store: Store) -> None:
         finally:
             await poller.stop()
     assert "neither ATOM, RSS nor CAP" in (poller.status["web"].last_error or "")
+
+
+def envelope(*messages: bytes) -> bytes:
+    """An EDXL-DE distribution carrying ``messages``, as NSW RFS publishes its alerts."""
+    objects = "".join(
+        "<contentObject><xmlContent><embeddedXMLContent>"
+        f"{m.decode().split('?>', 1)[-1]}</embeddedXMLContent></xmlContent></contentObject>"
+        for m in messages)
+    return ('<EDXLDistribution xmlns="urn:oasis:names:tc:emergency:EDXL:DE:1.0">'
+            f"{objects}</EDXLDistribution>").encode()
+
+
+async def test_every_message_of_an_edxl_envelope_is_taken(store: Store) -> None:
+    async with FeedServer() as srv:
+        srv.messages = {"rfs.xml": envelope(cap_message("E-1"), b"<alert xmlns="
+                                            b'"urn:oasis:names:tc:emergency:cap:1.2"/>',
+                                            cap_message("E-2"))}
+        feed = FeedSettings(name="rfs", url=srv.url("/cap/rfs.xml"))
+        poller = await poller_for(store, feed)
+        try:
+            assert await poller.poll(feed) == 2
+            assert await poller.poll(feed) == 0  # 304
+        finally:
+            await poller.stop()
+    async with store.read() as conn:
+        identifiers = set((await conn.execute(select(alerts.c.identifier))).scalars())
+        [row] = (await conn.execute(select(rejected_inputs))).all()
+    assert identifiers == {"E-1", "E-2"}
+    assert row.reason.startswith("schema") and poller.status["rfs"].rejected == 1
+
+
+async def test_entries_beyond_max_entries_are_taken_at_the_next_poll(store: Store) -> None:
+    async with FeedServer() as srv:
+        srv.messages = {f"{i}.xml": cap_message(f"M-{i}") for i in range(5)}
+        feed = FeedSettings(name="met", url=srv.url("/atom.xml"), max_entries=2)
+        poller = await poller_for(store, feed)
+        try:
+            assert [await poller.poll(feed) for _ in range(4)] == [2, 2, 1, 0]
+        finally:
+            await poller.stop()
+        # Until everything was taken the index was fetched whole; then a 304.
+        index = [etag for path, etag in srv.requests if path == "/atom.xml"]
+        assert [bool(e) for e in index] == [False, False, False, True]
+    assert await count(store, alerts) == 5
+
+
+async def test_an_entry_with_nothing_to_take_is_kept_once(store: Store) -> None:
+    async with FeedServer() as srv:
+        srv.messages = {"a.xml": cap_message("N-1")}
+        srv.raw_entries = ["<entry><id>urn:test:empty</id><title>停电通知</title>"
+                           "<updated>2026-11-25T00:00:00Z</updated></entry>"]
+        feed = FeedSettings(name="met", url=srv.url("/atom.xml"))
+        poller = await poller_for(store, feed)
+        try:
+            assert await poller.poll(feed) == 1
+            srv.messages["b.xml"] = cap_message("N-2")  # the index changes: fetched again
+            assert await poller.poll(feed) == 1
+        finally:
+            await poller.stop()
+    async with store.read() as conn:
+        [row] = (await conn.execute(select(rejected_inputs))).all()
+    assert row.reason == "entry has neither a link nor an embedded CAP message"
+    assert row.body is not None and "停电通知" in row.body.decode()
