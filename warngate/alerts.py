@@ -67,6 +67,14 @@ class Accepted:
         return out
 
 
+class CancelRequest(BaseModel):
+    """Why a duty officer lifts a warning (kept in the audit log)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    reason: str = Field(default="", max_length=500)
+
+
 class ComposeRequest(BaseModel):
     """What a duty officer fills in."""
 

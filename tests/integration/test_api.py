@@ -105,6 +105,36 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         yield Api(client, url)
 
 
+async def test_bad_ids_queries_and_cancel_bodies_are_4xx_with_the_reason(api: Api) -> None:
+    status, body = await api.call("POST", "/api/v1/alerts", json=RED, who="duty")
+    alert_id = body["alert_id"]
+    receipts = f"/api/v1/alerts/{alert_id}/receipts"
+    for path, code in [(f"/api/v1/alerts/{2**64}", 404), ("/api/v1/alerts/0", 404),
+                       (f"{receipts}?state=weird", 400), (f"{receipts}?state=sent&limit=-5", 400),
+                       (f"{receipts}?state=sent&limit=abc", 400),
+                       (f"{receipts}?state=sent&offset=-1", 400),
+                       ("/api/v1/alerts?state=gone", 400)]:
+        status, body = await api.call("GET", path)
+        assert status == code, (path, body)
+        if code == 400:
+            assert body["error"]["code"] == "bad_query" and "must be" in body["error"]["message"]
+    status, body = await api.call("GET", f"{receipts}?state=unacknowledged&limit=5000")
+    assert status == 200 and body["limit"] == 5000
+
+    # A cancel whose body is not {"reason": ...} cancels nothing and is kept.
+    for bad in ([1], {"reason": 3}, {"reson": "雨停"}):
+        status, body = await api.call("POST", f"/api/v1/alerts/{alert_id}/cancel", json=bad)
+        assert (status, body["error"]["code"]) == (400, "invalid_cancel"), bad
+    status, body = await api.call("GET", f"/api/v1/alerts/{alert_id}")
+    assert body["state"] == "pending_approval"
+    assert [r.reason.split(":")[0] for r in await api.rejected()] == ["invalid cancel"] * 3
+    status, body = await api.call("POST", f"/api/v1/alerts/{alert_id}/cancel",
+                                  json={"reason": "雨停"})
+    assert (status, body["state"]) == (200, "cancelled")
+    status, body = await api.call("POST", f"/api/v1/alerts/{2**64}/cancel")
+    assert status == 404
+
+
 async def test_input_that_meets_a_bug_is_answered_500_and_kept(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'api.db'}"
     app = build_app(api_settings(url), policy())

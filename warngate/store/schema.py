@@ -300,6 +300,16 @@ hydro_state = Table(
     Column("last_ref", Text, nullable=True),
 )
 
+ALERT_STATES = (
+    "pending_approval",
+    "dispatching",
+    "active",
+    "cancelled",
+    "superseded",
+    "expired",
+    "ignored",
+)
+
 DELIVERY_STATES = (
     "planned",
     "retry",

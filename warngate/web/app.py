@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,13 +15,13 @@ from sqlalchemy import select
 from warngate import board
 from warngate.acktoken import verify_token
 from warngate.adapter import Adapter
-from warngate.alerts import Actor, AlertError, ComposeRequest, record_rejection
+from warngate.alerts import Actor, AlertError, CancelRequest, ComposeRequest, record_rejection
 from warngate.feeds import health as feed_health
 from warngate.metrics import render_metrics
 from warngate.policy import Policy
 from warngate.service import Gateway, load_adapters, running_gateway
 from warngate.settings import Settings
-from warngate.store.schema import alerts, deliveries
+from warngate.store.schema import ALERT_STATES, DELIVERY_STATES, alerts, deliveries
 from warngate.web.auth import TokenBook
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 _M = TypeVar("_M", bound=BaseModel)
+#: ``?state=`` of the receipts list: a delivery state, or who has not answered / was escalated.
+RECEIPT_STATES = (*DELIVERY_STATES, "unacknowledged", "escalated")
 
 
 def error(status: int, code: str, message: str, detail: Any = None) -> web.Response:
@@ -105,10 +107,34 @@ def _actor(request: web.Request) -> Actor:
 
 
 def _alert_id(request: web.Request) -> int:
+    raw = request.match_info["alert_id"]
     try:
-        return int(request.match_info["alert_id"])
+        alert_id = int(raw)
     except ValueError:
         raise AlertError(404, "not_found", "alert ids are numbers") from None
+    if not 0 < alert_id < 2**63:
+        raise AlertError(404, "not_found", f"no alert {raw}")
+    return alert_id
+
+
+def _query_int(request: web.Request, name: str, default: int, *, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    try:
+        value = default if raw is None else int(raw)
+    except ValueError:
+        value = lo - 1
+    if not lo <= value <= hi:
+        raise AlertError(400, "bad_query", f"{name} must be a whole number from {lo} to {hi}",
+                         {"parameter": name, "value": raw})
+    return value
+
+
+def _query_choice(request: web.Request, name: str, choices: Sequence[str]) -> str | None:
+    value = request.query.get(name) or None
+    if value is not None and value not in choices:
+        raise AlertError(400, "bad_query", f"{name} must be one of: {', '.join(choices)}",
+                         {"parameter": name, "value": value})
+    return value
 
 
 async def _reject(request: web.Request, reason: str, body: bytes | None) -> None:
@@ -161,10 +187,11 @@ async def approve(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    _, data = await _json_body(request)
-    reason = str(data.get("reason", "")) if isinstance(data, dict) else ""
+    body, data = await _json_body(request)
+    req = await _validated(request, CancelRequest, body, data, noun="cancel",
+                           message='the body must be {"reason": "..."} or empty')
     result = await request.app[GATEWAY].alerts.cancel(_actor(request), _alert_id(request),
-                                                      reason)
+                                                      req.reason)
     return ok(result)
 
 
@@ -177,7 +204,7 @@ def _visible(actor: Actor, row: Any) -> bool:
 async def list_alerts(request: web.Request) -> web.Response:
     actor = _actor(request)
     q = select(*board.ALERT_COLUMNS).order_by(alerts.c.id.desc()).limit(200)
-    if state := request.query.get("state"):
+    if state := _query_choice(request, "state", ALERT_STATES):
         q = q.where(alerts.c.state == state)
     async with request.app[GATEWAY].store.read() as conn:
         rows = (await conn.execute(q)).all()
@@ -211,14 +238,11 @@ async def receipts(request: web.Request) -> web.Response:
             raise AlertError(403, "outside_township",
                              f"this token sees township {actor.township} only")
         township = actor.township
-    state = request.query.get("state") or None
+    state = _query_choice(request, "state", RECEIPT_STATES)
+    limit = _query_int(request, "limit", 200, lo=1, hi=5000)
+    offset = _query_int(request, "offset", 0, lo=0, hi=2**31)
     async with request.app[GATEWAY].store.read() as conn:
         if state:
-            try:
-                limit = min(int(request.query.get("limit", "200")), 5000)
-                offset = int(request.query.get("offset", "0"))
-            except ValueError:
-                raise AlertError(400, "bad_query", "limit and offset are numbers") from None
             people = await board.receipts_people(conn, row.id, township=township, state=state,
                                                  limit=limit, offset=offset)
             return ok({"alert_id": row.id, "township": township, "state": state,
