@@ -105,7 +105,7 @@ class ReceiptWriter:
     ) -> None:
         self._pending.append(_Pending("receipt", {
             "delivery_id": delivery_id, "provider_ref": provider_ref,
-            "status": status.lower(), "detail": detail, "at": time.time()}))
+            "status": status.lower()[:24], "detail": detail, "at": time.time()}))
         if len(self._pending) >= 1000:
             self._kick.set()
 
@@ -120,7 +120,7 @@ class ReceiptWriter:
     ) -> None:
         self._pending.append(_Pending("ack", {
             "delivery_id": delivery_id, "provider_ref": provider_ref, "phone": phone,
-            "via": via, "detail": detail, "at": time.time()}))
+            "via": via[:16], "detail": detail, "at": time.time()}))
         self._kick.set()
 
     def speaker_status(self, speaker_id: str, *, online: bool) -> None:
@@ -174,7 +174,10 @@ class ReceiptWriter:
                 else:
                     rejected.append(_rejection(p))
         ok = [p for p in batch if p.data.get("delivery_id") is not None]
-        known = await _known_ids(self.store, conn, {p.data["delivery_id"] for p in ok})
+        # An id no database column can hold is simply unknown, not an error that would
+        # fail this batch, and every retry of it, for everyone else's receipts.
+        known = await _known_ids(self.store, conn, {
+            p.data["delivery_id"] for p in ok if 0 < p.data["delivery_id"] < 2**63})
         for p in ok:
             if p.data["delivery_id"] not in known:
                 rejected.append(_rejection(p))

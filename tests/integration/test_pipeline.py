@@ -298,3 +298,32 @@ async def test_reply_by_phone_acknowledges_the_newest_open_warning(store: Store)
     await writer.flush()
     async with store.read() as conn:
         assert sorted((await conn.execute(acked)).scalars()) == sorted(alert_ids)
+
+
+async def test_ids_no_column_can_hold_do_not_block_other_receipts(store: Store) -> None:
+    await write_small_county(store, townships=1, villages=1, grids=1, households=1)
+    url = store.engine.url.render_as_string(hide_password=False)
+    s = settings(url, sms_ack=0.0, voice_ack=0.0)
+    pol = policy(step1_after=600, step2_after=1200)
+    async with Gateway(s, pol, store, load_adapters(s, pol)) as gw:
+        accepted = await gw.alerts.compose(ADMIN, ComposeRequest(
+            level="red", event="暴雨", headline="暴雨红色预警", areas=[T1]))
+        await gw.alerts.approve(ADMIN, accepted.alert_id)
+        await wait_until(store, by_state(), settled)
+    async with store.read() as conn:
+        real = (await conn.execute(select(deliveries.c.id).where(
+            deliveries.c.role == "grid_worker"))).scalar_one()
+
+    # A speaker (or anything else) naming an id beyond 64 bits, or below 1, in the same
+    # batch as a genuine acknowledgement.
+    writer = ReceiptWriter(store)
+    writer.receipt(delivery_id=2**70, status="delivered")
+    writer.acknowledge(delivery_id=-5, via="speaker")
+    writer.acknowledge(delivery_id=real, via="a-channel-name-longer-than-the-column")
+    await writer.flush()
+    async with store.read() as conn:
+        acked = (await conn.execute(select(deliveries.c.state).where(
+            deliveries.c.id == real))).scalar_one()
+        kept = (await conn.execute(select(func.count()).select_from(rejected_inputs))
+                ).scalar_one()
+    assert (acked, kept, writer.unknown) == ("acknowledged", 2, 2)
