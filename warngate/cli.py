@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("registry", help="check or import rosters (CSV, YAML)")
+    p = sub.add_parser("registry", help="check or import rosters (CSV, Excel .xlsx, YAML)")
     rsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (("check", "validate files without touching the database"),
                          ("import", "validate and import, all or nothing")):

@@ -299,3 +299,15 @@ def test_cli_import_all_or_nothing(tmp_path: Path) -> None:
     good = _warngate("registry", "import", "--database", url, *map(str, good_files()))
     assert good.returncode == 0, good.stderr
     assert good.stdout.startswith("imported 10 regions")
+
+
+async def test_an_excel_workbook_imports_the_same_rows_as_the_csv_files(
+        store: Store, tmp_path: Path) -> None:
+    from tests.unit.test_registry import workbook
+
+    await import_files(store.engine, good_files())
+    from_csv = await snapshot(store)
+    book = workbook(tmp_path / "county.xlsx",
+                    {p.stem: p.read_text(encoding="utf-8") for p in good_files()})
+    await import_files(store.engine, [book])  # upserts by key: nothing may change
+    assert await snapshot(store) == from_csv

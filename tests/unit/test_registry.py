@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import shutil
 import textwrap
 from pathlib import Path
@@ -304,6 +306,49 @@ def test_gbk_file_gets_a_clear_error(tmp_path: Path) -> None:
            "files)" in found
 
 
+def workbook(path: Path, sheets: dict[str, str]) -> Path:
+    """An .xlsx with one sheet per CSV text, numbers stored as numbers, as Excel keeps them."""
+    from openpyxl import Workbook
+
+    book = Workbook()
+    book.remove(book.active)
+    for title, text in sheets.items():
+        sheet = book.create_sheet(title)
+        for line in csv.reader(io.StringIO(text)):
+            sheet.append([int(c) if c.isdigit() and not c.startswith("0") else c
+                          for c in line])
+    book.save(path)
+    return path
+
+
+def test_an_excel_workbook_reads_like_the_csv_files(tmp_path: Path) -> None:
+    sheets = {p.stem: p.read_text(encoding="utf-8") for p in sorted(GOOD.iterdir())}
+    report = check_files([workbook(tmp_path / "county.xlsx", sheets)])
+    assert report.ok, str(report)
+    assert str(report).replace("1 file", "6 files") == str(check_files(sorted(GOOD.iterdir())))
+
+
+def test_excel_problems_name_file_sheet_row_and_field(tmp_path: Path) -> None:
+    sheets = {p.stem: p.read_text(encoding="utf-8") for p in sorted(GOOD.iterdir())}
+    sheets["contacts"] = sheets["contacts"].replace("17000000013", "12345", 1)
+    sheets["说明"] = "这是填表说明\n"
+    assert "12345" in sheets["contacts"]
+    book = workbook(tmp_path / "county.xlsx", sheets)
+    found = problems(tmp_path, [book])
+    assert "county.xlsx[contacts]:7: phone: '12345' is not a valid phone number" in found
+    assert any(f.startswith("county.xlsx[说明]: cannot tell which roster this sheet is")
+               for f in found)
+    assert len(found) == 2
+
+
+def test_unreadable_workbooks_and_old_excel_files(tmp_path: Path) -> None:
+    (tmp_path / "contacts.xlsx").write_bytes(b"PK\x03\x04 not really a zip")
+    (tmp_path / "households.xls").write_bytes(b"\xd0\xcf\x11\xe0")
+    found = problems(tmp_path, sorted(tmp_path.iterdir()))
+    assert found[0].startswith("contacts.xlsx: not readable as an Excel workbook (.xlsx)")
+    assert found[1].startswith("households.xls: cannot read .xls files (save it as .xlsx")
+
+
 def test_file_names_decide_the_roster(tmp_path: Path) -> None:
     assert kind_from_name("regions") == "regions"
     assert kind_from_name("清溪镇-Contacts") == "contacts"
@@ -313,15 +358,14 @@ def test_file_names_decide_the_roster(tmp_path: Path) -> None:
     assert kind_from_name("people") is None
     people = tmp_path / "people.csv"
     people.write_text("external_id\n", encoding="utf-8")
-    sheet = tmp_path / "contacts.xlsx"
+    sheet = tmp_path / "contacts.ods"
     sheet.write_bytes(b"PK\x03\x04")
     empty = tmp_path / "regions.csv"
     empty.write_text("\n\n", encoding="utf-8")
     assert problems(tmp_path, [people, sheet, empty]) == [
         "people.csv: cannot tell which roster this is: put its kind in the file name (one of "
         "regions, contacts, households, speakers, supervisors, bindings), e.g. contacts.csv",
-        "contacts.xlsx: cannot read .xlsx files (save the sheet as 'CSV UTF-8'): rosters are "
-        ".csv, .yaml or .yml",
+        "contacts.ods: cannot read .ods files: rosters are .csv, .xlsx, .yaml or .yml",
         "regions.csv: the file is empty: a regions roster starts with the header "
         "code,name,level",
     ]

@@ -1,6 +1,7 @@
-"""The region and contact registry: rosters in CSV or YAML, checked, then imported.
+"""The region and contact registry: rosters in CSV, Excel (.xlsx) or YAML, checked, then imported.
 
-Rosters, recognised by file name (``regions.csv``, ``清溪镇-contacts.csv``) or, in YAML, by a
+Rosters, recognised by file name (``regions.csv``, ``清溪镇-contacts.csv``), in a workbook by sheet
+name (one sheet per roster), or, in YAML, by a
 ``kind:`` key (``kind: contacts`` and ``rows: [...]``) or by top-level keys naming rosters
 (``regions: [...]``, ``contacts: [...]``):
 

@@ -1,15 +1,19 @@
-"""Reading roster files (CSV, YAML) into rows that remember the line each value came from.
+"""Reading roster files (CSV, Excel .xlsx, YAML) into rows that remember the line each value
+came from.
 
-Everything is read as text, in both formats: YAML would otherwise turn ``0571`` into an
-octal number and ``13800138000`` into an int, and the same checks then apply to both.
+Everything is read as text, in every format: YAML would otherwise turn ``0571`` into an
+octal number and ``13800138000`` into an int, and the same checks then apply to all. In a
+workbook each sheet is a roster, named after its kind like a CSV file (``contacts``,
+``households``); problems name the file, the sheet (``county.xlsx[contacts]``) and its row.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -65,16 +69,19 @@ def read_files(paths: Sequence[Path]) -> Rosters:
         name = str(path)
         rosters.files.append(name)
         suffix = path.suffix.lower()
-        if suffix not in (".csv", ".yaml", ".yml"):
-            hint = " (save the sheet as 'CSV UTF-8')" if suffix in (".xlsx", ".xls") else ""
+        if suffix not in (".csv", ".xlsx", ".yaml", ".yml"):
+            hint = " (save it as .xlsx or 'CSV UTF-8')" if suffix == ".xls" else ""
             rosters.problem(name, None, None,
                             f"cannot read {suffix or 'extensionless'} files{hint}: "
-                            "rosters are .csv, .yaml or .yml")
+                            "rosters are .csv, .xlsx, .yaml or .yml")
             continue
         try:
             data = path.read_bytes()
         except OSError as exc:
             rosters.problem(name, None, None, f"cannot read the file: {exc.strerror}")
+            continue
+        if suffix == ".xlsx":
+            _read_xlsx(name, path.stem, data, rosters)
             continue
         text = _decode(name, data, rosters)
         if text is None:
@@ -111,24 +118,74 @@ def _read_csv(name: str, stem: str, text: str, rosters: Rosters) -> None:
                         "cannot tell which roster this is: put its kind in the file name "
                         f"(one of {_KIND_NAMES}), e.g. contacts.csv")
         return
-    kind = KINDS[kind_name]
     reader = csv.reader(io.StringIO(text, newline=""))
-    header: list[str] | None = None
-    line = 0
-    try:
+
+    def records() -> Iterator[tuple[int, list[str]]]:
+        line = 0
         for cells in reader:
-            start, line = line + 1, reader.line_num
-            if not any(c.strip() for c in cells):
-                continue  # blank lines, and the ",,,," rows spreadsheets leave behind
-            if header is None:
-                header = _header(name, start, cells, kind, rosters)
-                if header is None:
-                    return
-                continue
-            rosters.rows[kind.name].append(_csv_row(name, start, header, cells, kind, rosters))
+            start, line = line + 1, reader.line_num  # a quoted value may span lines
+            yield start, cells
+
+    try:
+        _read_table(name, KINDS[kind_name], records(), rosters)
     except csv.Error as exc:
         rosters.problem(name, reader.line_num, None, f"not readable as CSV: {exc}")
+
+
+def _read_xlsx(name: str, stem: str, data: bytes, rosters: Rosters) -> None:
+    # openpyxl parses the workbook's XML with defusedxml when it is installed (it is ours).
+    from openpyxl import load_workbook
+
+    try:
+        book = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+    except Exception as exc:  # zipfile, XML and openpyxl's own errors: all "unreadable"
+        rosters.problem(name, None, None,
+                        f"not readable as an Excel workbook (.xlsx): {type(exc).__name__}: {exc}")
         return
+    try:
+        sheets = book.worksheets
+        for sheet in sheets:
+            where = f"{name}[{sheet.title}]"
+            kind_name = kind_from_name(sheet.title) or (
+                kind_from_name(stem) if len(sheets) == 1 else None)
+            if kind_name is None:
+                rosters.problem(where, None, None,
+                                "cannot tell which roster this sheet is: name the sheet after "
+                                f"its kind (one of {_KIND_NAMES}), e.g. contacts")
+                continue
+            records = ((i, [_cell_text(v) for v in values])
+                       for i, values in enumerate(sheet.iter_rows(values_only=True), start=1))
+            _read_table(where, KINDS[kind_name], records, rosters)
+    finally:
+        book.close()
+
+
+def _cell_text(value: object) -> str:
+    """A cell as the text a person typed: Excel keeps 13800138000 and 339901001 as numbers."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _read_table(name: str, kind: Kind, records: Iterable[tuple[int, list[str]]],
+                rosters: Rosters) -> None:
+    """Header, then rows: what CSV files and sheets have in common."""
+    header: list[str] | None = None
+    for line, cells in records:
+        if not any(c.strip() for c in cells):
+            continue  # blank lines, and the ",,,," rows spreadsheets leave behind
+        if header is None:
+            header = _header(name, line, cells, kind, rosters)
+            if header is None:
+                return
+            continue
+        rosters.rows[kind.name].append(_csv_row(name, line, header, cells, kind, rosters))
     if header is None:
         rosters.problem(name, None, None,
                         f"the file is empty: a {kind.name} roster starts with the header "
