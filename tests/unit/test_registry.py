@@ -331,11 +331,12 @@ def test_an_excel_workbook_reads_like_the_csv_files(tmp_path: Path) -> None:
 def test_excel_problems_name_file_sheet_row_and_field(tmp_path: Path) -> None:
     sheets = {p.stem: p.read_text(encoding="utf-8") for p in sorted(GOOD.iterdir())}
     sheets["contacts"] = sheets["contacts"].replace("17000000013", "12345", 1)
+    sheets["联系人"] = sheets.pop("contacts")  # a sheet may be named in Chinese
     sheets["说明"] = "这是填表说明\n"
-    assert "12345" in sheets["contacts"]
+    assert "12345" in sheets["联系人"]
     book = workbook(tmp_path / "county.xlsx", sheets)
     found = problems(tmp_path, [book])
-    assert "county.xlsx[contacts]:7: phone: '12345' is not a valid phone number" in found
+    assert "county.xlsx[联系人]:7: phone: '12345' is not a valid phone number" in found
     assert any(f.startswith("county.xlsx[说明]: cannot tell which roster this sheet is")
                for f in found)
     assert len(found) == 2
@@ -356,6 +357,10 @@ def test_file_names_decide_the_roster(tmp_path: Path) -> None:
     assert kind_from_name("speaker") == "speakers"
     assert kind_from_name("contacts-and-regions") is None
     assert kind_from_name("people") is None
+    assert kind_from_name("清溪镇住户2024") == "households"
+    assert kind_from_name("应急广播音柱") == "speakers"
+    assert kind_from_name("住户联系人") is None  # two kinds: the file must say which
+    assert kind_from_name("清溪社区居民委员会-contacts") == "contacts"  # English decides
     people = tmp_path / "people.csv"
     people.write_text("external_id\n", encoding="utf-8")
     sheet = tmp_path / "contacts.ods"
@@ -364,7 +369,8 @@ def test_file_names_decide_the_roster(tmp_path: Path) -> None:
     empty.write_text("\n\n", encoding="utf-8")
     assert problems(tmp_path, [people, sheet, empty]) == [
         "people.csv: cannot tell which roster this is: put its kind in the file name (one of "
-        "regions, contacts, households, speakers, supervisors, bindings), e.g. contacts.csv",
+        "regions, contacts, households, speakers, supervisors, bindings; or 区划, 联系人, 住户, "
+        "喇叭, 上级, 包联), e.g. contacts.csv",
         "contacts.ods: cannot read .ods files: rosters are .csv, .xlsx, .yaml or .yml",
         "regions.csv: the file is empty: a regions roster starts with the header "
         "code,name,level",

@@ -1,7 +1,8 @@
 """The region and contact registry: rosters in CSV, Excel (.xlsx) or YAML, checked, then imported.
 
-Rosters, recognised by file name (``regions.csv``, ``清溪镇-contacts.csv``), in a workbook by sheet
-name (one sheet per roster), or, in YAML, by a
+Rosters, recognised by file name (``regions.csv``, ``清溪镇-contacts.csv``, ``清溪镇住户.csv``:
+the English kind, or without one the Chinese names in ``kinds.CHINESE_NAMES``), in a workbook
+by sheet name the same way (one sheet per roster), or, in YAML, by a
 ``kind:`` key (``kind: contacts`` and ``rows: [...]``) or by top-level keys naming rosters
 (``regions: [...]``, ``contacts: [...]``):
 

@@ -75,13 +75,27 @@ CONTACT_KINDS: tuple[str, ...] = ("contacts", "households")
 
 _SINGULAR = {name.removesuffix("s"): name for name in KINDS}
 
+#: The names township staff give these lists; found anywhere in a name (Chinese has no spaces).
+CHINESE_NAMES: Mapping[str, str] = {
+    "区划": "regions",
+    "联系人": "contacts", "责任人": "contacts",
+    "住户": "households", "农户": "households", "居民": "households",
+    "喇叭": "speakers", "音柱": "speakers", "广播": "speakers",
+    "上级": "supervisors",
+    "包联": "bindings", "联户": "bindings",
+}
+
 
 def kind_from_name(stem: str) -> str | None:
-    """The kind a file name announces: ``regions``, ``清溪镇-contacts``, ``households_2024``.
+    """The kind a file or sheet name announces: ``regions``, ``清溪镇-contacts``,
+    ``households_2024``, ``清溪镇住户``, ``联系人``.
 
     Returns None when the name names no kind or more than one.
     """
     words = {w for w in re.split(r"[^0-9a-z]+", stem.lower()) if w}
     found = {w if w in KINDS else _SINGULAR.get(w) for w in words}
     found.discard(None)
+    if not found:
+        # Only without an English kind word: "居民委员会-contacts" stays a contacts roster.
+        found = {kind for name, kind in CHINESE_NAMES.items() if name in stem}
     return found.pop() if len(found) == 1 else None

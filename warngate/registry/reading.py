@@ -23,6 +23,8 @@ from warngate.registry.kinds import KINDS, Kind, kind_from_name
 
 _NULL_TAG = "tag:yaml.org,2002:null"
 _KIND_NAMES = ", ".join(KINDS)
+# File and sheet names may also say it in Chinese (kinds.CHINESE_NAMES).
+_NAME_HINT = f"one of {_KIND_NAMES}; or 区划, 联系人, 住户, 喇叭, 上级, 包联"
 
 
 @dataclass(slots=True)
@@ -116,7 +118,7 @@ def _read_csv(name: str, stem: str, text: str, rosters: Rosters) -> None:
     if kind_name is None:
         rosters.problem(name, None, None,
                         "cannot tell which roster this is: put its kind in the file name "
-                        f"(one of {_KIND_NAMES}), e.g. contacts.csv")
+                        f"({_NAME_HINT}), e.g. contacts.csv")
         return
     reader = csv.reader(io.StringIO(text, newline=""))
 
@@ -151,7 +153,7 @@ def _read_xlsx(name: str, stem: str, data: bytes, rosters: Rosters) -> None:
             if kind_name is None:
                 rosters.problem(where, None, None,
                                 "cannot tell which roster this sheet is: name the sheet after "
-                                f"its kind (one of {_KIND_NAMES}), e.g. contacts")
+                                f"its kind ({_NAME_HINT}), e.g. contacts")
                 continue
             records = ((i, [_cell_text(v) for v in values])
                        for i, values in enumerate(sheet.iter_rows(values_only=True), start=1))
