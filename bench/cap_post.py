@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/cap_post.py [--posts 200] [--backend sqlite|postgres]
 
-PostgreSQL: a database created for the run on WARNGATE_TEST_PG (default 127.0.0.1:5432).
+PostgreSQL: a database created for the run (tests/databases.py; WARNGATE_TEST_PG).
 
 The real HTTP service (aiohttp, auth, safe CAP parsing, accept, planning, dispatch) on
 loopback with the simulated SMS provider; a small county of 2 townships. Each post is a new
@@ -26,7 +26,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.databases import throwaway_database
+from tests.databases import throwaway_database
 from tests.smallcounty import write_small_county
 from warngate.adapter import Outbound, SendResult
 from warngate.policy import Policy

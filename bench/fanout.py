@@ -25,7 +25,7 @@ from sqlalchemy import func, select, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.databases import throwaway_database
+from tests.databases import throwaway_database
 from warngate.adapter import Outbound, SendResult
 from warngate.alerts import NewAlert
 from warngate.planning import Planner

@@ -6,20 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.databases import PG_ADMIN_URL, pg_available, throwaway_database
 from warngate.store import Store
 
-PG_ADMIN_URL = os.environ.get(
-    "WARNGATE_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 
 # CI (.ci/run) replays the same examples every run, so a landing never hangs on a new random
@@ -28,35 +23,13 @@ settings.register_profile("ci", derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
-async def _pg_available() -> bool:
-    engine = create_async_engine(PG_ADMIN_URL)
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("select 1"))
-        return True
-    except Exception:
-        return False
-    finally:
-        await engine.dispose()
-
-
 @contextlib.asynccontextmanager
 async def pg_database() -> AsyncIterator[str]:
     """A throwaway PostgreSQL database, dropped afterwards; skips the test without a server."""
-    if not await _pg_available():
+    if not await pg_available():
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}")
-    name = f"warngate_t_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-        finally:
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
+    async with throwaway_database("postgres") as url:
+        yield url
 
 
 @pytest.fixture

@@ -266,19 +266,25 @@ async def test_concurrent_fallbacks_for_one_speaker_call_the_village_head_once(
     assert sorted(added) == [0] * 7 + [1]
 
 
-async def test_reply_by_phone_acknowledges_the_newest_open_warning(store: Store) -> None:
+async def sent_and_unanswered(store: Store, *events: str) -> list[int]:
+    """One red warning per event to a one-grid county, all sent, nobody answering."""
     await write_small_county(store, townships=1, villages=1, grids=1, households=1)
     url = store.engine.url.render_as_string(hide_password=False)
     s = settings(url, sms_ack=0.0, voice_ack=0.0)
     pol = policy(step1_after=600, step2_after=1200)
     alert_ids = []
     async with Gateway(s, pol, store, load_adapters(s, pol)) as gw:
-        for event in ("暴雨", "山洪"):
+        for event in events:
             accepted = await gw.alerts.compose(ADMIN, ComposeRequest(
                 level="red", event=event, headline=f"{event}红色预警", areas=[T1]))
             await gw.alerts.approve(ADMIN, accepted.alert_id)
             alert_ids.append(accepted.alert_id)
         await wait_until(store, by_state(), settled)
+    return alert_ids
+
+
+async def test_reply_by_phone_acknowledges_the_newest_open_warning(store: Store) -> None:
+    alert_ids = await sent_and_unanswered(store, "暴雨", "山洪")
     async with store.read() as conn:
         phone = (await conn.execute(
             select(contacts.c.phone).where(contacts.c.role == "grid_worker"))).scalar_one()
@@ -301,15 +307,7 @@ async def test_reply_by_phone_acknowledges_the_newest_open_warning(store: Store)
 
 
 async def test_ids_no_column_can_hold_do_not_block_other_receipts(store: Store) -> None:
-    await write_small_county(store, townships=1, villages=1, grids=1, households=1)
-    url = store.engine.url.render_as_string(hide_password=False)
-    s = settings(url, sms_ack=0.0, voice_ack=0.0)
-    pol = policy(step1_after=600, step2_after=1200)
-    async with Gateway(s, pol, store, load_adapters(s, pol)) as gw:
-        accepted = await gw.alerts.compose(ADMIN, ComposeRequest(
-            level="red", event="暴雨", headline="暴雨红色预警", areas=[T1]))
-        await gw.alerts.approve(ADMIN, accepted.alert_id)
-        await wait_until(store, by_state(), settled)
+    await sent_and_unanswered(store, "暴雨")
     async with store.read() as conn:
         real = (await conn.execute(select(deliveries.c.id).where(
             deliveries.c.role == "grid_worker"))).scalar_one()
