@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import func, insert, literal, literal_column, select, update
+from sqlalchemy import func, insert, literal, literal_column, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from warngate.planning import estimate_recipients, priority_of, resolve_targets
+from warngate.planning import Targets, estimate_recipients, priority_of, resolve_targets
 from warngate.policy import LEVELS, Policy
 from warngate.store import Store
 from warngate.store.schema import alerts, audit_log, deliveries, rejected_inputs
@@ -287,7 +287,7 @@ class AlertService:
                 alert_id = await _insert_alert(conn, new, state="dispatching", now=now)
                 for old in referenced:
                     if old.state in _LIVE:
-                        await supersede_in(conn, old, alert_id, now)
+                        await supersede_in(conn, old, alert_id, targets, now)
                 await audit(conn, actor, "ingest", alert_id, msg_type=new.msg_type,
                             superseded=[r.id for r in referenced], signature=new.signature)
                 if self._plan_first is not None:
@@ -390,7 +390,38 @@ async def cancel_in(conn: AsyncConnection, row: Any, actor: str, now: float) -> 
         .values(state="cancelled", cancelled_by=actor, plan_stage=2, updated_at=now)
     )
     stopped = await _stop_pending(conn, row.id, "cancelled")
+    return stopped, await _lifted_notices(conn, row, now)
+
+
+async def supersede_in(conn: AsyncConnection, old: Any, new_id: int, targets: Targets,
+                       now: float) -> None:
+    """An Update replaces ``old``: its pending deliveries stop; the update reaches everyone in
+    its area, and those ``old`` reached outside that area are told it is lifted for them."""
+    await conn.execute(
+        update(alerts).where(alerts.c.id == old.id)
+        .values(state="superseded", plan_stage=2, updated_at=now)
+    )
+    await conn.execute(
+        update(alerts).where(alerts.c.id == new_id).values(supersedes_id=old.id)
+    )
+    await _stop_pending(conn, old.id, "superseded")
+    await _lifted_notices(conn, old, now, still_covered=targets)
+
+
+async def _lifted_notices(conn: AsyncConnection, row: Any, now: float, *,
+                          still_covered: Targets | None = None) -> int:
+    """Plan a "lifted" message to everyone ``row`` reached, except where ``still_covered``."""
     reached = ("sending", "sent", "delivered", "acknowledged")
+    people_where = [deliveries.c.alert_id == row.id, deliveries.c.kind != "cancel",
+                    deliveries.c.contact_id.is_not(None), deliveries.c.state.in_(reached)]
+    speaker_where = [deliveries.c.alert_id == row.id, deliveries.c.kind != "cancel",
+                     deliveries.c.speaker_id.is_not(None), deliveries.c.state.in_(reached)]
+    if still_covered is not None:
+        people_where.append(~still_covered.covers(deliveries))
+        # A speaker serves its village: a grid still warned keeps its village's speaker.
+        villages = set(still_covered.villages) | {g[:12] for g in still_covered.grids}
+        speaker_where.append(~or_(deliveries.c.township_code.in_(still_covered.townships),
+                                  deliveries.c.village_code.in_(sorted(villages))))
     people = (
         select(
             literal(row.id), literal("cancel"), deliveries.c.contact_id,
@@ -400,8 +431,7 @@ async def cancel_in(conn: AsyncConnection, row: Any, actor: str, now: float) -> 
             func.min(deliveries.c.township_code), func.min(deliveries.c.village_code),
             func.min(deliveries.c.grid_code), literal(now),
         )
-        .where(deliveries.c.alert_id == row.id, deliveries.c.kind != "cancel",
-               deliveries.c.contact_id.is_not(None), deliveries.c.state.in_(reached))
+        .where(*people_where)
         .group_by(deliveries.c.contact_id)
     )
     cols = ["alert_id", "kind", "contact_id", "role", "channel", "step", "state", "priority",
@@ -415,25 +445,12 @@ async def cancel_in(conn: AsyncConnection, row: Any, actor: str, now: float) -> 
             literal(now), literal(False), func.min(deliveries.c.township_code),
             func.min(deliveries.c.village_code), literal(None), literal(now),
         )
-        .where(deliveries.c.alert_id == row.id, deliveries.c.kind != "cancel",
-               deliveries.c.speaker_id.is_not(None), deliveries.c.state.in_(reached))
+        .where(*speaker_where)
         .group_by(deliveries.c.speaker_id)
     )
     scols = [c if c != "contact_id" else "speaker_id" for c in cols]
     b = await conn.execute(insert(deliveries).from_select(scols, speakers_reached))
-    return stopped, max(a.rowcount, 0) + max(b.rowcount, 0)
-
-
-async def supersede_in(conn: AsyncConnection, old: Any, new_id: int, now: float) -> None:
-    """An Update replaces ``old``: its pending deliveries stop; the update reaches everyone."""
-    await conn.execute(
-        update(alerts).where(alerts.c.id == old.id)
-        .values(state="superseded", plan_stage=2, updated_at=now)
-    )
-    await conn.execute(
-        update(alerts).where(alerts.c.id == new_id).values(supersedes_id=old.id)
-    )
-    await _stop_pending(conn, old.id, "superseded")
+    return max(a.rowcount, 0) + max(b.rowcount, 0)
 
 
 async def _stop_pending(conn: AsyncConnection, alert_id: int, state: str) -> int:

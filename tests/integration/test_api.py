@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import func, select
+from sqlalchemy import String, func, select
 
 from tests.integration.test_pipeline import policy
 from tests.smallcounty import write_small_county
@@ -369,6 +369,52 @@ async def test_cap_cancel_follows_references(api: Api) -> None:
     assert status == 202, cancel
     _, alert = await api.call("GET", f"/api/v1/alerts/{first['alert_id']}")
     assert alert["state"] == "cancelled"
+
+
+async def test_cap_update_narrowing_the_area_lifts_it_for_those_left_out(api: Api) -> None:
+    body = cap_message("QX-300")  # both townships
+    _, first = await api.call("POST", "/api/v1/cap", who="feed", data=body,
+                              headers=CAP_HEADERS)
+    old = first["alert_id"]
+    store = await Store.open(api.store_url)
+    try:
+        out = select(deliveries.c.state).where(deliveries.c.alert_id == old)
+        async with asyncio.timeout(30):
+            while True:
+                async with store.read() as conn:
+                    states = set((await conn.execute(out)).scalars())
+                if states and not states & {"planned", "sending", "retry"}:
+                    break
+                await asyncio.sleep(0.05)
+        sent = re.search(rb"<sent>([^<]*)</sent>", body)
+        assert sent is not None
+        ref = f"339901@qxj.example.gov.cn,QX-300,{sent.group(1).decode()}"
+        status, update = await api.call(
+            "POST", "/api/v1/cap", who="feed", headers=CAP_HEADERS,
+            data=cap_message("QX-301", msg_type="Update", references=ref,
+                             areas=("339901001", "339901001")))
+        assert status == 202, update
+        q = (select(deliveries.c.alert_id, deliveries.c.kind, deliveries.c.township_code,
+                    func.count())
+             .group_by(deliveries.c.alert_id, deliveries.c.kind, deliveries.c.township_code))
+        async with store.read() as conn:
+            got = {(a, k, t): n for a, k, t, n in (await conn.execute(q)).all()}
+            reached_in_2 = (await conn.execute(
+                select(func.count(func.distinct(func.coalesce(
+                    func.cast(deliveries.c.contact_id, String), deliveries.c.speaker_id))))
+                .where(deliveries.c.alert_id == old, deliveries.c.township_code == "339901002",
+                       deliveries.c.kind == "alert",
+                       deliveries.c.state.in_(("sent", "delivered", "acknowledged"))))
+            ).scalar_one()
+    finally:
+        await store.close()
+    # Township 2 is no longer warned: everyone reached there is told it is lifted;
+    # township 1 is told by the update itself.
+    assert got[(old, "cancel", "339901002")] == reached_in_2 > 0
+    assert (old, "cancel", "339901001") not in got
+    new_alert = update["alert_id"]
+    assert {t for (a, k, t) in got if a == new_alert} == {"339901001"}
+    assert {k for (a, k, t) in got if a == new_alert} == {"update"}
 
 
 async def test_bad_cap_is_refused_with_the_reason_and_kept(api: Api) -> None:
