@@ -137,6 +137,9 @@ deliveries = Table(
     Column("speaker_id", String(64), nullable=True),
     #: For an escalation to a supervisor: the person who did not answer.
     Column("on_behalf_of", BigId, nullable=True),
+    #: Set on the rows that stand in for an offline or failed loudspeaker (its village's
+    #: fallback call): the fact is a column, so a failed call cannot erase it.
+    Column("fallback_for_speaker", String(64), nullable=True),
     Column("role", String(32), nullable=False),
     Column("channel", String(16), nullable=False),
     Column("step", Integer, nullable=False, server_default="0"),
@@ -214,6 +217,18 @@ deliveries = Table(
         sqlite_where=text("provider_ref IS NOT NULL"),
         postgresql_where=text("provider_ref IS NOT NULL"),
     ),
+)
+
+#: Every provider event taken in (a status callback, a reply, a key press), by the provider's
+#: own id for it: a replay after a restart finds its key here and has no second effect.
+provider_events = Table(
+    "provider_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),  # adapter instance, e.g. "sms-twilio"
+    Column("event_key", String(255), nullable=False),  # e.g. "SM123:delivered"
+    Column("at", Float, nullable=False),
+    UniqueConstraint("source", "event_key", name="uq_provider_events_source_event_key"),
 )
 
 receipts = Table(
