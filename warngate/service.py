@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -16,6 +16,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from warngate.acktoken import load_or_create_key, make_token
 from warngate.adapter import Adapter, AdapterConfigError, load_adapter
 from warngate.alerts import AlertService
+from warngate.clock import Clock, SystemClock
 from warngate.dispatch import Dispatcher, Lane
 from warngate.escalation import (
     escalate_due,
@@ -60,16 +61,59 @@ def sqlite_data_dir(url: str) -> Path:
     return Path("var").resolve()
 
 
+#: Seconds an in-flight sweep, a core task's last write or an adapter's ``stop`` gets at
+#: shutdown before it is cancelled (or, if it ignores that, left behind with an error).
+SHUTDOWN_GRACE = 10.0
+
+LoopFactory = Callable[[], Coroutine[Any, Any, None]]
+
+
+class GatewayFailure(Exception):
+    """A core task ended while the gateway ran, so the gateway stopped itself.
+
+    ``task`` names it; ``__cause__`` is the exception it ended with, if any.
+    """
+
+    def __init__(self, task: str, reason: str) -> None:
+        super().__init__(f"core task {task} stopped: {reason}")
+        self.task = task
+
+
 class Gateway:
-    """Everything behind the HTTP API; ``async with`` starts and stops it all."""
+    """Everything behind the HTTP API; ``async with`` starts and stops it all.
+
+    Start order, each step undone in reverse if a later one fails: the receipt writer,
+    the adapters one by one, the core loops (planner, speaker fallback, added loops,
+    dispatcher), the feed poller, the scheduled sweeps, and last the supervisor. If a core
+    loop ends while the gateway runs, the supervisor logs why and stops everything;
+    ``stopped`` is then set and ``failure`` says which loop and why. Every step of a
+    shutdown is bounded by ``grace`` seconds. See ``docs/lifecycle.md``.
+    """
 
     def __init__(
-        self, settings: Settings, policy: Policy, store: Store, adapters: list[Adapter]
+        self,
+        settings: Settings,
+        policy: Policy,
+        store: Store,
+        adapters: list[Adapter],
+        *,
+        clock: Clock | None = None,
+        grace: float = SHUTDOWN_GRACE,
     ) -> None:
+        if grace <= 0:
+            raise ValueError(f"grace must be positive, got {grace}")
         self.settings = settings
         self.policy = policy
         self.store = store
         self.adapters = adapters
+        #: The time and sleeping for the parts that take it (``warngate.clock``).
+        self.clock: Clock = clock or SystemClock()
+        self.grace = grace
+        #: Set once the gateway has stopped: after ``async with``, a failed start, or the
+        #: supervisor stopping it because a core loop ended.
+        self.stopped = asyncio.Event()
+        #: Why the supervisor stopped the gateway; None while it runs or after a clean stop.
+        self.failure: GatewayFailure | None = None
         if settings.ack_key is not None:
             self.ack_key = settings.ack_key.get_secret_value().encode()
         else:
@@ -92,8 +136,12 @@ class Gateway:
             store, policy, four_eyes=settings.auth.four_eyes, on_accepted=self._accepted,
             plan_first=self.planner.plan_first,
         )
-        self._tasks: list[asyncio.Task[None]] = []
-        self._scheduler: AsyncIOScheduler | None = None
+        self._loops: list[tuple[str, LoopFactory]] = []
+        self._started = False
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = False
+        self._reported: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[Any]] = set()
         self.feeds = (FeedPoller(settings.feeds, store, self.alerts,
                                  trusted=settings.cap.trusted)
@@ -101,68 +149,147 @@ class Gateway:
         self.hydrology = Hydrology(store, self.alerts, settings.hydrology.stations,
                                    confirm=settings.hydrology.confirm)
 
+    def add_loop(self, name: str, loop: LoopFactory) -> None:
+        """Run ``loop()`` as a core task named ``name``, supervised like the gateway's own.
+
+        Like them it must run until cancelled: if it returns or raises, the gateway stops.
+        A factory rather than a coroutine, so nothing is created if the start fails.
+        """
+        if self._started:
+            raise RuntimeError(f"add_loop({name!r}) after the gateway started")
+        self._loops.append((name, loop))
+
     async def __aenter__(self) -> Gateway:
-        for adapter in self.adapters:
-            await adapter.start(self.receipts)
-        self._tasks = [
-            asyncio.create_task(self.receipts.run(), name="receipts"),
-            asyncio.create_task(self.planner.run(), name="planner"),
-            asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
-            asyncio.create_task(self._fallbacks(), name="speaker-fallback"),
-        ]
-        for task in self._tasks:
-            task.add_done_callback(self._died)
-        self._scheduler = AsyncIOScheduler()
-        self._scheduler.add_job(
+        if self._started:
+            raise RuntimeError("a Gateway runs once; make a new one to start again")
+        self._started = True
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self.stopped.set)
+            # Last of all, whatever was reported during the shutdown is written down.
+            stack.push_async_callback(self._last_flush)
+            # The writer outlives the adapters, so what they report while stopping is kept.
+            core = [self._spawn(stack, "receipts", self.receipts.run)]
+            for adapter in self.adapters:
+                await adapter.start(self.receipts)
+                stack.push_async_callback(self._stop_adapter, adapter)
+            core.append(self._spawn(stack, "planner", self.planner.run))
+            core.append(self._spawn(stack, "speaker-fallback", self._fallbacks))
+            core += [self._spawn(stack, name, loop) for name, loop in self._loops]
+            # Started last among the loops so that it is the first to stop sending.
+            core.append(self._spawn(stack, "dispatcher", self.dispatcher.run))
+            if self.feeds is not None:
+                await self.feeds.start()
+                stack.push_async_callback(self.feeds.stop)
+            scheduler = self._start_scheduler()
+            stack.push_async_callback(self._stop_scheduler, scheduler)
+            self._stack = stack.pop_all()
+        self._supervisor = asyncio.create_task(self._supervise(core), name="gateway-supervisor")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        supervisor = self._supervisor
+        try:
+            if supervisor is not None:
+                if not self._closing:
+                    supervisor.cancel()
+                # ``asyncio.wait``: a stop the supervisor began finishes even if this exit
+                # is itself cancelled.
+                await asyncio.wait([supervisor])
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _supervise(self, core: list[asyncio.Task[None]]) -> None:
+        """Wait for a core task to end; any end is unexpected, so stop the gateway."""
+        done, _ = await asyncio.wait(core, return_when=asyncio.FIRST_COMPLETED)
+        self._closing = True
+        task = next(t for t in core if t in done)
+        self._reported = task
+        cause: BaseException | None = None
+        if task.cancelled():
+            reason = "cancelled"
+        elif (cause := task.exception()) is not None:
+            reason = repr(cause)
+        else:
+            reason = "returned"
+        self.failure = GatewayFailure(task.get_name(), reason)
+        self.failure.__cause__ = cause
+        # Stop rather than limp on without a planner or dispatch; the owner sees
+        # ``stopped`` and ``failure`` (``warngate serve`` exits 1).
+        log.critical("core task %s stopped (%s); stopping the gateway", task.get_name(),
+                     reason, exc_info=cause)
+        try:
+            await self._close()
+        except Exception:
+            log.exception("the gateway did not stop cleanly")
+
+    def _spawn(
+        self, stack: contextlib.AsyncExitStack, name: str, loop: LoopFactory
+    ) -> asyncio.Task[None]:
+        task = asyncio.create_task(loop(), name=name)
+        stack.push_async_callback(self._end_task, task)
+        return task
+
+    async def _end_task(self, task: asyncio.Task[None]) -> None:
+        if task is self._reported:
+            return  # already ended, and the supervisor said why
+        await cancel_and_wait([task], grace=self.grace)
+
+    async def _stop_adapter(self, adapter: Adapter) -> None:
+        # Its own task, so that a ``stop`` deaf to cancellation cannot hold the shutdown.
+        stopping = asyncio.create_task(adapter.stop(), name=f"adapter-{adapter.name}-stop")
+        done, _ = await asyncio.wait([stopping], timeout=self.grace)
+        if not done:
+            stopping.cancel()
+            log.error("adapter %s did not stop within %.1f s; going on without it",
+                      adapter.name, self.grace)
+        elif not stopping.cancelled() and (exc := stopping.exception()) is not None:
+            log.error("adapter %s did not stop cleanly", adapter.name, exc_info=exc)
+
+    async def _last_flush(self) -> None:
+        try:
+            async with asyncio.timeout(self.grace):
+                await self.receipts.flush()
+        except TimeoutError:
+            log.error("receipts not written within %.1f s of stopping; they are lost",
+                      self.grace)
+
+    def _start_scheduler(self) -> AsyncIOScheduler:
+        scheduler = AsyncIOScheduler()
+        scheduler.add_job(
             self._job, "interval", args=[self._escalate],
             seconds=self.settings.escalation.sweep_every,
             id="escalation", max_instances=1, coalesce=True,
         )
-        self._scheduler.add_job(
+        scheduler.add_job(
             self._job, "interval", args=[self._expire], seconds=30, id="expiry",
             max_instances=1, coalesce=True,
         )
         if self.feeds is not None:
-            await self.feeds.start()
             for feed in self.feeds.feeds:
-                self._scheduler.add_job(
+                scheduler.add_job(
                     self._job, "interval", args=[partial(self.feeds.poll_due, feed)],
                     seconds=min(feed.interval, 30.0), id=f"feed-{feed.name}",
                     max_instances=1, coalesce=True, next_run_time=datetime.now(UTC),
                 )
-        self._scheduler.start()
-        return self
+        scheduler.start()
+        return scheduler
 
-    async def __aexit__(self, *exc: object) -> None:
-        # A sweep half-way through its transaction finishes rather than being torn down
-        # (the scheduler's shutdown would cancel it mid-transaction).
-        if self._scheduler is not None:
-            self._scheduler.pause()
+    async def _stop_scheduler(self, scheduler: AsyncIOScheduler) -> None:
+        # A sweep half-way through its transaction gets the grace period to finish rather
+        # than being torn down (the scheduler's shutdown would cancel it mid-transaction).
+        scheduler.pause()
         if self._jobs:
-            await asyncio.gather(*self._jobs, return_exceptions=True)
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-        if self.feeds is not None:
-            await self.feeds.stop()
-        for task in self._tasks:
-            task.remove_done_callback(self._died)
-        await cancel_and_wait(self._tasks)
-        for adapter in self.adapters:
-            try:
-                await adapter.stop()
-            except Exception:
-                log.exception("adapter %s did not stop cleanly", adapter.name)
-        await self.receipts.flush()
-
-    def _died(self, task: asyncio.Task[None]) -> None:
-        # A core loop must never end while the gateway runs: say so loudly, then stop the
-        # process rather than limp on without dispatch (procrastinate's rule).
-        if task.cancelled():
-            return
-        log.critical("core task %s stopped: %r", task.get_name(), task.exception())
-        import os
-        import signal
-        os.kill(os.getpid(), signal.SIGTERM)
+            _, late = await asyncio.wait(set(self._jobs), timeout=self.grace)
+            if late:
+                log.error("%d sweeps still running %.1f s into the shutdown; cancelling them",
+                          len(late), self.grace)
+                await cancel_and_wait(late, grace=self.grace)
+        scheduler.shutdown(wait=False)
 
     def _accepted(self) -> None:
         self.planner.wake.set()
