@@ -1,7 +1,9 @@
 """Receipt boards: who has been reached and who has answered, by township → village → grid.
 
 Deliveries carry their township/village/grid codes, so a board is one grouped, indexed query
-over one alert's rows, whatever the size of the registry.
+over one alert's rows, whatever the size of the registry. Handlers ask for
+:func:`receipts_snapshot` and :func:`progress_snapshot`: each board is counted at most once a
+second, on the store's board pool, however many people have it open.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from warngate.phone import mask
+from warngate.store import Store
 from warngate.store.schema import alerts, contacts, deliveries, regions
 
 #: ``?state=`` values beyond the delivery states: views the duty office asks for.
@@ -70,6 +73,16 @@ async def receipts_board(
             for tn in sorted(towns.values(), key=lambda x: x["code"] or "")
         ],
     }
+
+
+async def receipts_snapshot(
+    store: Store, alert_id: int, *, township: str | None = None
+) -> dict[str, Any]:
+    """:func:`receipts_board`, shared by every reader of the same board for a second."""
+    return await store.shared(
+        ("receipts", alert_id, township),
+        lambda conn: receipts_board(conn, alert_id, township=township),
+    )
 
 
 async def _extra_counts(
@@ -165,6 +178,11 @@ async def alert_progress(conn: AsyncConnection, alert_id: int) -> dict[str, dict
     ):
         _add(counts, channel, state, n)
     return counts
+
+
+async def progress_snapshot(store: Store, alert_id: int) -> dict[str, dict[str, int]]:
+    """:func:`alert_progress`, shared by every reader of the same alert for a second."""
+    return await store.shared(("progress", alert_id), lambda conn: alert_progress(conn, alert_id))
 
 
 def alert_json(row: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from warngate.store.schema import alerts, deliveries, rejected_inputs
 
@@ -20,6 +21,26 @@ def _line(name: str, value: float, **labels: str) -> str:
     return f"{name} {value}"
 
 
+async def _database_gauges(conn: AsyncConnection) -> list[str]:
+    out = ["# HELP warngate_deliveries Deliveries by channel and state.",
+           "# TYPE warngate_deliveries gauge"]
+    for channel, state, n in await conn.execute(
+        select(deliveries.c.channel, deliveries.c.state, func.count())
+        .group_by(deliveries.c.channel, deliveries.c.state)
+    ):
+        out.append(_line("warngate_deliveries", n, channel=channel, state=state))
+    out += ["# HELP warngate_alerts Alerts by state.", "# TYPE warngate_alerts gauge"]
+    for state, n in await conn.execute(
+        select(alerts.c.state, func.count()).group_by(alerts.c.state)
+    ):
+        out.append(_line("warngate_alerts", n, state=state))
+    rejected = (await conn.execute(select(func.count()).select_from(rejected_inputs)))
+    out += ["# HELP warngate_rejected_inputs Inputs refused and kept with a reason.",
+            "# TYPE warngate_rejected_inputs gauge",
+            _line("warngate_rejected_inputs", rejected.scalar_one())]
+    return out
+
+
 async def render_metrics(gw: Gateway) -> str:
     out = [
         "# HELP warngate_lane_results_total Send outcomes per channel since start.",
@@ -29,23 +50,8 @@ async def render_metrics(gw: Gateway) -> str:
         for outcome, n in sorted(lane.counts.items()):
             out.append(_line("warngate_lane_results_total", n, channel=channel,
                              outcome=outcome))
-    async with gw.store.read() as conn:
-        out += ["# HELP warngate_deliveries Deliveries by channel and state.",
-                "# TYPE warngate_deliveries gauge"]
-        for channel, state, n in await conn.execute(
-            select(deliveries.c.channel, deliveries.c.state, func.count())
-            .group_by(deliveries.c.channel, deliveries.c.state)
-        ):
-            out.append(_line("warngate_deliveries", n, channel=channel, state=state))
-        out += ["# HELP warngate_alerts Alerts by state.", "# TYPE warngate_alerts gauge"]
-        for state, n in await conn.execute(
-            select(alerts.c.state, func.count()).group_by(alerts.c.state)
-        ):
-            out.append(_line("warngate_alerts", n, state=state))
-        rejected = (await conn.execute(select(func.count()).select_from(rejected_inputs)))
-        out += ["# HELP warngate_rejected_inputs Inputs refused and kept with a reason.",
-                "# TYPE warngate_rejected_inputs gauge",
-                _line("warngate_rejected_inputs", rejected.scalar_one())]
+    # Several scrapers (or a scraper and a hundred boards) share one count a second.
+    out += await gw.store.shared("metrics", _database_gauges)
     if gw.feeds is not None:
         out += ["# HELP warngate_feed_up 1 if the feed's last poll succeeded.",
                 "# TYPE warngate_feed_up gauge"]

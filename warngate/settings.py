@@ -26,6 +26,8 @@ class _Frozen(BaseModel):
 class DatabaseSettings(_Frozen):
     url: str = "sqlite+aiosqlite:///var/warngate.db"
     echo: bool = False
+    #: Connections for receipt boards, the alert API and metrics, apart from the senders'.
+    board_pool_size: int = Field(default=4, ge=1, le=64)
 
 
 class HttpSettings(_Frozen):

@@ -206,14 +206,14 @@ async def list_alerts(request: web.Request) -> web.Response:
     q = select(*board.ALERT_COLUMNS).order_by(alerts.c.id.desc()).limit(200)
     if state := _query_choice(request, "state", ALERT_STATES):
         q = q.where(alerts.c.state == state)
-    async with request.app[GATEWAY].store.read() as conn:
+    async with request.app[GATEWAY].store.board() as conn:
         rows = (await conn.execute(q)).all()
     return ok({"alerts": [board.alert_json(r) for r in rows if _visible(actor, r)]})
 
 
 async def _visible_alert(request: web.Request) -> Any:
     alert_id = _alert_id(request)
-    async with request.app[GATEWAY].store.read() as conn:
+    async with request.app[GATEWAY].store.board() as conn:
         row = (await conn.execute(
             select(*board.ALERT_COLUMNS).where(alerts.c.id == alert_id)
         )).one_or_none()
@@ -224,8 +224,7 @@ async def _visible_alert(request: web.Request) -> Any:
 
 async def get_alert(request: web.Request) -> web.Response:
     row = await _visible_alert(request)
-    async with request.app[GATEWAY].store.read() as conn:
-        progress = await board.alert_progress(conn, row.id)
+    progress = await board.progress_snapshot(request.app[GATEWAY].store, row.id)
     return ok({**board.alert_json(row), "progress": progress})
 
 
@@ -241,13 +240,14 @@ async def receipts(request: web.Request) -> web.Response:
     state = _query_choice(request, "state", RECEIPT_STATES)
     limit = _query_int(request, "limit", 200, lo=1, hi=5000)
     offset = _query_int(request, "offset", 0, lo=0, hi=2**31)
-    async with request.app[GATEWAY].store.read() as conn:
-        if state:
-            people = await board.receipts_people(conn, row.id, township=township, state=state,
-                                                 limit=limit, offset=offset)
-            return ok({"alert_id": row.id, "township": township, "state": state,
-                       "people": people, "limit": limit, "offset": offset})
-        return ok(await board.receipts_board(conn, row.id, township=township))
+    store = request.app[GATEWAY].store
+    if not state:
+        return ok(await board.receipts_snapshot(store, row.id, township=township))
+    async with store.board() as conn:
+        people = await board.receipts_people(conn, row.id, township=township, state=state,
+                                             limit=limit, offset=offset)
+    return ok({"alert_id": row.id, "township": township, "state": state,
+               "people": people, "limit": limit, "offset": offset})
 
 
 # -- CAP ------------------------------------------------------------------------------------
