@@ -72,6 +72,19 @@ class AuthError(AdapterError):
     """Our credentials were refused: every message on this adapter will fail until fixed."""
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderEvent:
+    """The provider's own id for one event (a status callback, a reply, a key press).
+
+    The gateway keeps every one it has taken in, so a replay — the provider retrying a
+    callback, or someone replaying a captured signed request after a restart — has no
+    second effect. ``source`` is the adapter instance's name.
+    """
+
+    source: str
+    key: str
+
+
 ReceiptStatus = Literal["queued", "sent", "delivered", "failed", "undelivered", "no_answer",
                         "busy", "answered", "received", "playing", "played"]
 
@@ -86,6 +99,7 @@ class ReceiptSink(Protocol):
         provider_ref: str | None = None,
         status: str,
         detail: str | None = None,
+        event: ProviderEvent | None = None,
     ) -> None:
         """A provider receipt: delivered, failed, no-answer, played..."""
 
@@ -97,6 +111,7 @@ class ReceiptSink(Protocol):
         phone: str | None = None,
         via: str,
         detail: str | None = None,
+        event: ProviderEvent | None = None,
     ) -> None:
         """A person (or a speaker's ``played``) confirmed the warning."""
 

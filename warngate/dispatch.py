@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, literal_column, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from warngate.adapter import (
@@ -30,6 +30,19 @@ from warngate.adapter import (
     SendResult,
     TransientError,
 )
+from warngate.delivery import DeliveryState as S
+from warngate.delivery import (
+    Event,
+    clean_text,
+    escalate_now_if_waiting,
+    move,
+    p_float,
+    p_id,
+    p_str,
+    p_text,
+    record,
+    state_is,
+)
 from warngate.messages import AlertText, render
 from warngate.phone import mask
 from warngate.settings import AdapterSettings, DispatchSettings
@@ -39,10 +52,6 @@ from warngate.waiting import wait_set
 
 log = logging.getLogger(__name__)
 
-# Literal SQL, not bound parameters: SQLite only uses a partial index whose WHERE matches.
-_PLANNED: ColumnElement[str] = literal_column("'planned'")
-_SENDING: ColumnElement[str] = literal_column("'sending'")
-_RETRY: ColumnElement[str] = literal_column("'retry'")
 _LIVE_ALERT_STATES = frozenset({"dispatching", "active"})
 
 
@@ -149,7 +158,7 @@ class Lane:
         due = (
             select(deliveries.c.id)
             .where(
-                deliveries.c.state == _PLANNED,
+                state_is(S.PLANNED),
                 deliveries.c.channel == self.channel,
                 deliveries.c.due_at <= now,
             )
@@ -159,12 +168,9 @@ class Lane:
         if self.store.is_postgres:
             due = due.with_for_update(skip_locked=True)
         stmt = (
-            update(deliveries)
-            .where(deliveries.c.id.in_(due.scalar_subquery()))
-            .values(
-                state="sending",
-                lease_until=now + self.dispatch.lease,
-                attempts=deliveries.c.attempts + 1,
+            move(
+                Event.CLAIMED, deliveries.c.id.in_(due.scalar_subquery()),
+                lease_until=now + self.dispatch.lease, attempts=deliveries.c.attempts + 1,
             )
             .returning(
                 deliveries.c.id, deliveries.c.alert_id, deliveries.c.kind,
@@ -304,7 +310,7 @@ class Lane:
         batch, self._results = self._results, []
         try:
             async with self.store.write() as conn:
-                await write_results(self.store, conn, batch)
+                await write_results(conn, batch)
         except Exception:
             log.exception("lane %s: could not record %d results; will retry", self.channel,
                           len(batch))
@@ -315,52 +321,70 @@ class Lane:
             self.counts[r.outcome] += 1
 
 
-_SQL_SENT = (
-    "UPDATE deliveries SET state = CASE WHEN state = 'sending' THEN ? ELSE state END, "
-    "provider_ref = ?, sent_at = ?, lease_until = NULL WHERE id = ?"
-)
-_SQL_RETRY = (
-    "UPDATE deliveries SET state = 'retry', due_at = ?, last_error = ?, lease_until = NULL "
-    "WHERE id = ? AND state = 'sending'"
-)
-# A failed responsible person escalates now rather than at the deadline.
-_SQL_ENDED = (
-    "UPDATE deliveries SET state = ?, last_error = ?, lease_until = NULL, "
-    "escalate_at = CASE WHEN escalate_at IS NOT NULL AND ? THEN ? ELSE NULL END "
-    "WHERE id = ? AND state = 'sending'"
-)
+async def write_results(conn: AsyncConnection, batch: Sequence[_Result]) -> None:
+    """Record send outcomes; a receipt that already moved a row on is not undone.
 
-
-async def write_results(store: Store, conn: AsyncConnection, batch: Sequence[_Result]) -> None:
-    """Record send outcomes; a receipt that already moved a row on is not undone."""
+    Rows are written in id order: two writers that lock the same rows in the same order
+    cannot deadlock each other.
+    """
     now = time.time()
-    sent = [("delivered" if r.outcome == "delivered" else "sent", r.provider_ref, now,
-             r.delivery_id) for r in batch if r.outcome in ("sent", "delivered")]
-    if sent:
-        await conn.exec_driver_sql(store.sql(_SQL_SENT), sent)
-    retries = [(r.retry_at, r.error, r.delivery_id) for r in batch if r.outcome == "retry"]
-    if retries:
-        await conn.exec_driver_sql(store.sql(_SQL_RETRY), retries)
-    ended = [(r.outcome, r.error, r.outcome == "failed", now, r.delivery_id)
-             for r in batch if r.outcome in ("failed", "cancelled")]
-    if ended:
-        await conn.exec_driver_sql(store.sql(_SQL_ENDED), ended)
+    by_event: dict[Event, list[dict[str, Any]]] = {}
+    for r in sorted(batch, key=lambda r: r.delivery_id):
+        event = _OUTCOME_EVENT[r.outcome]
+        by_event.setdefault(event, []).append({
+            "b_id": r.delivery_id, "b_ref": clean_text(r.provider_ref, 64),
+            "b_error": clean_text(r.error), "b_at": r.retry_at, "b_now": now})
+    for event, params in by_event.items():
+        await conn.execute(_RESULT_MOVES[event], params)
+
+
+_OUTCOME_EVENT = {
+    "sent": Event.SENT,
+    "delivered": Event.SENT_DELIVERED,
+    "retry": Event.SEND_RETRY,
+    "failed": Event.SEND_FAILED,
+    "cancelled": Event.DROPPED,
+}
+_BY_ID = deliveries.c.id == p_id()
+_RESULT_MOVES = {
+    # The provider's reference is kept even where a fast receipt already moved the row on:
+    # later receipts find the row by it.
+    Event.SENT: record(Event.SENT, _BY_ID, provider_ref=p_str("b_ref"),
+                       sent_at=p_float("b_now"), lease_until=None),
+    Event.SENT_DELIVERED: record(Event.SENT_DELIVERED, _BY_ID, provider_ref=p_str("b_ref"),
+                                 sent_at=p_float("b_now"), lease_until=None,
+                                 delivered_at=func.coalesce(deliveries.c.delivered_at,
+                                                            p_float("b_now"))),
+    Event.SEND_RETRY: move(Event.SEND_RETRY, _BY_ID, due_at=p_float("b_at"),
+                           last_error=p_text("b_error"), lease_until=None),
+    # A responsible person who cannot be reached takes the next step now.
+    Event.SEND_FAILED: move(Event.SEND_FAILED, _BY_ID, last_error=p_text("b_error"),
+                            lease_until=None, escalate_at=escalate_now_if_waiting()),
+    # Not sent, nothing more to do for it: no escalation, no repeat.
+    Event.DROPPED: move(Event.DROPPED, _BY_ID, last_error=p_text("b_error"),
+                        lease_until=None, escalate_at=None),
+}
 
 
 async def requeue_due(store: Store) -> int:
-    """Retries whose time has come, and claims whose lease ran out, become *planned* again."""
+    """Retries whose time has come, and claims whose lease ran out, become *planned* again.
+
+    On PostgreSQL rows a result writer holds are skipped (and taken at the next pass), so
+    the requeue never deadlocks with the lanes' result writes.
+    """
     now = time.time()
+    retry_due = select(deliveries.c.id).where(state_is(S.RETRY), deliveries.c.due_at <= now)
+    lease_over = select(deliveries.c.id).where(state_is(S.SENDING),
+                                               deliveries.c.lease_until < now)
+    if store.is_postgres:
+        retry_due = retry_due.order_by(deliveries.c.id).with_for_update(skip_locked=True)
+        lease_over = lease_over.order_by(deliveries.c.id).with_for_update(skip_locked=True)
     async with store.write() as conn:
         a = await conn.execute(
-            update(deliveries)
-            .where(deliveries.c.state == _RETRY, deliveries.c.due_at <= now)
-            .values(state="planned")
-        )
+            move(Event.REQUEUED, deliveries.c.id.in_(retry_due.scalar_subquery())))
         b = await conn.execute(
-            update(deliveries)
-            .where(deliveries.c.state == _SENDING, deliveries.c.lease_until < now)
-            .values(state="planned", due_at=now, lease_until=None)
-        )
+            move(Event.LEASE_EXPIRED, deliveries.c.id.in_(lease_over.scalar_subquery()),
+                 due_at=now, lease_until=None))
     n = max(a.rowcount, 0) + max(b.rowcount, 0)
     if b.rowcount and b.rowcount > 0:
         log.warning("%d deliveries were claimed by a process that stopped; sending again",

@@ -18,25 +18,46 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Float,
     bindparam,
     case,
     func,
     insert,
+    literal,
     literal_column,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from warngate.adapter import ProviderEvent
+from warngate.delivery import (
+    ANSWERABLE,
+    DeliveryState,
+    Event,
+    clean_text,
+    escalate_now_if_waiting,
+    in_states,
+    move,
+    p_float,
+    p_id,
+    p_text,
+)
 from warngate.phone import mask
 from warngate.store import Store
 from warngate.store.schema import (
     acknowledgements,
+    alerts,
     contacts,
     deliveries,
+    provider_events,
     rejected_inputs,
     speakers,
 )
+from warngate.store.schema import receipts as receipts_table
 from warngate.waiting import wait_set
 
 log = logging.getLogger(__name__)
@@ -72,6 +93,7 @@ _ACK_REQUIRED: ColumnElement[bool] = literal_column("ack_required")
 class _Pending:
     kind: str  # receipt | ack
     data: dict[str, Any]
+    event: ProviderEvent | None = None
     first_seen: float = field(default_factory=time.time)
 
 
@@ -102,10 +124,12 @@ class ReceiptWriter:
         provider_ref: str | None = None,
         status: str,
         detail: str | None = None,
+        event: ProviderEvent | None = None,
     ) -> None:
         self._pending.append(_Pending("receipt", {
-            "delivery_id": delivery_id, "provider_ref": provider_ref,
-            "status": status.lower()[:24], "detail": detail, "at": time.time()}))
+            "delivery_id": delivery_id, "provider_ref": clean_text(provider_ref, 64),
+            "status": clean_text(status.lower(), 24), "detail": clean_text(detail),
+            "at": time.time()}, event))
         if len(self._pending) >= 1000:
             self._kick.set()
 
@@ -117,10 +141,12 @@ class ReceiptWriter:
         phone: str | None = None,
         via: str,
         detail: str | None = None,
+        event: ProviderEvent | None = None,
     ) -> None:
         self._pending.append(_Pending("ack", {
-            "delivery_id": delivery_id, "provider_ref": provider_ref, "phone": phone,
-            "via": via[:16], "detail": detail, "at": time.time()}))
+            "delivery_id": delivery_id, "provider_ref": clean_text(provider_ref, 64),
+            "phone": clean_text(phone, 32), "via": clean_text(via, 16),
+            "detail": clean_text(detail), "at": time.time()}, event))
         self._kick.set()
 
     def speaker_status(self, speaker_id: str, *, online: bool) -> None:
@@ -139,27 +165,71 @@ class ReceiptWriter:
             await asyncio.shield(self.flush())
 
     async def flush(self) -> None:
-        """Write everything buffered so far (tests call this directly)."""
+        """Write everything buffered so far (tests call this directly).
+
+        A batch the store refuses is split: each item is written alone, and one the store
+        refuses on its own (text it cannot hold, a bug of ours) is kept in
+        ``rejected_inputs`` with the error, so it can never hold back everyone else's
+        receipts. A store that is down keeps everything buffered.
+        """
         if not self._pending and not self._statuses:
             return
         batch, self._pending = self._pending, []
         statuses, self._statuses = self._statuses, {}
         try:
-            async with self.store.write() as conn:
-                retry = await self._apply(conn, batch)
-                offline = await _apply_statuses(conn, statuses)
-        except Exception:
-            log.exception("could not record %d receipts; retrying", len(batch))
-            self._pending[:0] = batch
-            for k, v in statuses.items():
-                self._statuses.setdefault(k, v)
-            await asyncio.sleep(0.5)
-            return
+            retry, offline = await self._write(batch, statuses)
+        except Exception as exc:
+            if _store_unavailable(exc) or (len(batch) <= 1 and not statuses):
+                log.exception("could not record %d receipts; retrying", len(batch))
+                self._pending[:0] = batch
+                for k, v in statuses.items():
+                    self._statuses.setdefault(k, v)
+                await asyncio.sleep(0.5)
+                return
+            retry, offline = await self._write_one_by_one(batch, statuses)
         self._pending[:0] = retry
         for speaker_id in offline:
             self.on_speaker_offline(speaker_id)
         if batch or statuses:
             self.on_change()
+
+    async def _write(self, batch: Sequence[_Pending], statuses: dict[str, bool]
+                     ) -> tuple[list[_Pending], list[str]]:
+        async with self.store.write() as conn:
+            retry = await self._apply(conn, batch)
+            offline = await _apply_statuses(conn, statuses)
+        return retry, offline
+
+    async def _write_one_by_one(self, batch: Sequence[_Pending], statuses: dict[str, bool]
+                                ) -> tuple[list[_Pending], list[str]]:
+        retry: list[_Pending] = []
+        offline: list[str] = []
+        parts: list[tuple[list[_Pending], dict[str, bool]]] = [([p], {}) for p in batch]
+        parts += [([], {k: v}) for k, v in statuses.items()]
+        for items, status in parts:
+            try:
+                r, o = await self._write(items, status)
+            except Exception as exc:
+                if _store_unavailable(exc):
+                    self._pending.extend(items)
+                    for k, v in status.items():
+                        self._statuses.setdefault(k, v)
+                    continue
+                log.error("a receipt the store refuses is kept as rejected input: %s", exc)
+                if items:
+                    await self._keep_poison(items[0], exc)
+                continue
+            retry += r
+            offline += o
+        return retry, offline
+
+    async def _keep_poison(self, p: _Pending, exc: Exception) -> None:
+        row = _rejection(p, reason=f"the store refused it: {type(exc).__name__}: {exc}"[:2000])
+        try:
+            async with self.store.write() as conn:
+                await conn.execute(insert(rejected_inputs), [row])
+        except Exception:
+            log.exception("could not keep a refused receipt either; dropped: %s", row["body"])
 
     async def _apply(self, conn: AsyncConnection, batch: Sequence[_Pending]) -> list[_Pending]:
         await _resolve_refs(conn, batch)
@@ -176,36 +246,83 @@ class ReceiptWriter:
         ok = [p for p in batch if p.data.get("delivery_id") is not None]
         # An id no database column can hold is simply unknown, not an error that would
         # fail this batch, and every retry of it, for everyone else's receipts.
-        known = await _known_ids(self.store, conn, {
+        known = await _existing(conn, {
             p.data["delivery_id"] for p in ok if 0 < p.data["delivery_id"] < 2**63})
         for p in ok:
             if p.data["delivery_id"] not in known:
                 rejected.append(_rejection(p))
         ok = [p for p in ok if p.data["delivery_id"] in known]
-        await _write_receipts(self.store, conn, [p.data for p in ok if p.kind == "receipt"])
-        acks = [p.data for p in ok if p.kind == "ack"]
-        if acks:
-            rows = await _existing(conn, {d["delivery_id"] for d in acks})
-            await _write_acks(conn, acks, rows)
+        # Only now that each is known to apply: a receipt waiting for its provider reference
+        # must not have its event taken, or its retry would count as a replay.
+        ok = await _first_time(conn, ok)
+        await _write_receipts(conn, [p.data for p in ok if p.kind == "receipt"])
+        acks = [p for p in ok if p.kind == "ack"]
+        stale = [p for p in acks if known[p.data["delivery_id"]].alert_state not in _LIVE_ALERT]
+        for p in stale:
+            rejected.append(_rejection(p, reason="acknowledgement of a warning that is "
+                                       f"{known[p.data['delivery_id']].alert_state}"))
+        await _write_acks(conn, [p.data for p in acks if p not in stale], known)
         if rejected:
             self.unknown += len(rejected)
             await conn.execute(insert(rejected_inputs), rejected)
         return retry
 
 
-def _rejection(p: _Pending) -> dict[str, Any]:
+_LIVE_ALERT = frozenset({"dispatching", "active"})
+
+
+def _store_unavailable(exc: BaseException) -> bool:
+    """The store could not be reached (rather than refusing what we wrote)."""
+    if isinstance(exc, (OSError, TimeoutError, OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def _rejection(p: _Pending, *, reason: str | None = None) -> dict[str, Any]:
     data = dict(p.data)
     if data.get("phone"):
         data["phone"] = mask(data["phone"])
+    if p.event is not None:
+        data["event"] = f"{p.event.source}:{p.event.key}"
     what = "acknowledgement" if p.kind == "ack" else "receipt"
     return {
         "at": time.time(),
         "entry_point": f"{what} from adapter",
-        "source": data.get("via") or data.get("status"),
-        "reason": f"{what} names no delivery we know",
+        "source": clean_text(data.get("via") or data.get("status"), 200),
+        "reason": reason or f"{what} names no delivery we know",
         "content_type": "application/json",
-        "body": json.dumps(data, ensure_ascii=False).encode(),
+        "body": json.dumps(data, ensure_ascii=False, default=str)
+        .encode("utf-8", "backslashreplace"),
     }
+
+
+async def _first_time(conn: AsyncConnection, batch: Sequence[_Pending]) -> list[_Pending]:
+    """Drop the items whose provider event was taken in before (now or by an earlier run);
+    remember the others' events in the same transaction as their effect."""
+    fresh: list[_Pending] = []
+    keyed: dict[tuple[str, str], _Pending] = {}
+    for p in batch:
+        if p.event is None:
+            fresh.append(p)
+        else:
+            keyed.setdefault((p.event.source, clean_text(p.event.key, 255) or ""), p)
+    if not keyed:
+        return fresh
+    now = time.time()
+    rows = [{"source": s, "event_key": k, "at": now} for s, k in sorted(keyed)]
+    taken: set[tuple[str, str]] = set()
+    for i in range(0, len(rows), 500):
+        stmt = (conflict_insert(conn)(provider_events).on_conflict_do_nothing()
+                .values(rows[i : i + 500])
+                .returning(provider_events.c.source, provider_events.c.event_key))
+        taken.update((r.source, r.event_key) for r in await conn.execute(stmt))
+    fresh += [p for k, p in keyed.items() if k in taken]
+    return fresh
+
+
+def conflict_insert(conn: AsyncConnection) -> Any:
+    """The dialect's INSERT that knows ON CONFLICT."""
+    return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
 
 
 async def _resolve_refs(conn: AsyncConnection, batch: Sequence[_Pending]) -> None:
@@ -229,7 +346,8 @@ async def _resolve_refs(conn: AsyncConnection, batch: Sequence[_Pending]) -> Non
 
 
 async def _resolve_phones(conn: AsyncConnection, acks: Sequence[_Pending]) -> None:
-    """A reply from a number acknowledges that person's newest open delivery."""
+    """A reply from a number acknowledges that person's newest open delivery of a live
+    warning (never a lifted one's)."""
     waiting = [p for p in acks if p.data.get("delivery_id") is None and p.data.get("phone")]
     phones = sorted({str(p.data["phone"]) for p in waiting})
     newest: dict[str, int] = {}
@@ -237,12 +355,14 @@ async def _resolve_phones(conn: AsyncConnection, acks: Sequence[_Pending]) -> No
         rows = await conn.execute(
             select(contacts.c.phone, func.max(deliveries.c.id))
             .join(contacts, contacts.c.id == deliveries.c.contact_id)
+            .join(alerts, alerts.c.id == deliveries.c.alert_id)
             .where(
                 contacts.c.phone.in_(phones[i : i + 500]),
                 _ACK_REQUIRED,
                 deliveries.c.kind != "cancel",
                 deliveries.c.acked_at.is_(None),
-                deliveries.c.state.in_(("sending", "sent", "delivered")),
+                in_states(ANSWERABLE),
+                alerts.c.state.in_(sorted(_LIVE_ALERT)),
             )
             .group_by(contacts.c.phone)
         )
@@ -252,18 +372,8 @@ async def _resolve_phones(conn: AsyncConnection, acks: Sequence[_Pending]) -> No
             p.data["delivery_id"] = found
 
 
-async def _known_ids(store: Store, conn: AsyncConnection, ids: set[int]) -> set[int]:
-    """Which of ``ids`` are deliveries (driver SQL: this runs for every receipt)."""
-    found: set[int] = set()
-    id_list = sorted(ids)
-    for i in range(0, len(id_list), 500):
-        part = id_list[i : i + 500]
-        sql = store.sql(f"SELECT id FROM deliveries WHERE id IN ({', '.join('?' * len(part))})")
-        found.update(r[0] for r in await conn.exec_driver_sql(sql, tuple(part)))
-    return found
-
-
 async def _existing(conn: AsyncConnection, ids: set[int]) -> dict[int, Any]:
+    """The deliveries among ``ids``, with their alert's state."""
     found: dict[int, Any] = {}
     id_list = sorted(ids)
     for i in range(0, len(id_list), 900):
@@ -272,49 +382,43 @@ async def _existing(conn: AsyncConnection, ids: set[int]) -> dict[int, Any]:
             select(
                 deliveries.c.id, deliveries.c.alert_id, deliveries.c.contact_id,
                 deliveries.c.on_behalf_of, deliveries.c.speaker_id, deliveries.c.state,
-                deliveries.c.acked_at,
-            ).where(deliveries.c.id.in_(part))
+                deliveries.c.acked_at, alerts.c.state.label("alert_state"),
+            )
+            .join(alerts, alerts.c.id == deliveries.c.alert_id)
+            .where(deliveries.c.id.in_(part))
         ):
             found[row.id] = row
     return found
 
 
-_SQL_RECEIPT = "INSERT INTO receipts (delivery_id, status, detail, at) VALUES (?, ?, ?, ?)"
-#: Each move only goes forward: the WHERE lists the states it may come from.
-_SQL_MOVE = {
-    "sent": "UPDATE deliveries SET state = 'sent' "
-            "WHERE id = ? AND state IN ('planned', 'retry', 'sending')",
-    "delivered": "UPDATE deliveries SET state = 'delivered', delivered_at = ?, "
-                 "lease_until = NULL "
-                 "WHERE id = ? AND state IN ('planned', 'retry', 'sending', 'sent', 'failed')",
+_BY_ID = deliveries.c.id == p_id()
+#: Provider word's delivery state → the move it makes.
+_RECEIPT_MOVES = {
+    "sent": move(Event.RECEIPT_SENT, _BY_ID),
+    "delivered": move(Event.RECEIPT_DELIVERED, _BY_ID, delivered_at=p_float("b_at"),
+                      lease_until=None),
     # Not reached: the next escalation step is due now, not at the deadline.
-    "failed": "UPDATE deliveries SET state = 'failed', last_error = ?, lease_until = NULL, "
-              "escalate_at = CASE WHEN escalate_at IS NOT NULL THEN ? ELSE NULL END "
-              "WHERE id = ? AND state IN ('planned', 'retry', 'sending', 'sent')",
+    "failed": move(Event.RECEIPT_FAILED, _BY_ID, last_error=p_text("b_error"),
+                   lease_until=None, escalate_at=escalate_now_if_waiting("b_at")),
 }
 
 
-async def _write_receipts(
-    store: Store, conn: AsyncConnection, items: Sequence[dict[str, Any]]
-) -> None:
+async def _write_receipts(conn: AsyncConnection, items: Sequence[dict[str, Any]]) -> None:
     if not items:
         return
-    await conn.exec_driver_sql(
-        store.sql(_SQL_RECEIPT),
-        [(d["delivery_id"], d["status"], d["detail"], d["at"]) for d in items],
-    )
-    moves: dict[str, list[tuple[Any, ...]]] = {"sent": [], "delivered": [], "failed": []}
+    items = sorted(items, key=lambda d: d["delivery_id"])
+    await conn.execute(insert(receipts_table), [
+        {"delivery_id": d["delivery_id"], "status": d["status"], "detail": d["detail"],
+         "at": d["at"]} for d in items])
+    moves: dict[str, list[dict[str, Any]]] = {}
     for d in items:
         target = STATUS_STATE.get(d["status"])
-        if target == "sent":
-            moves["sent"].append((d["delivery_id"],))
-        elif target == "delivered":
-            moves["delivered"].append((d["at"], d["delivery_id"]))
-        elif target == "failed":
-            moves["failed"].append((d["detail"] or d["status"], d["at"], d["delivery_id"]))
-    for target, rows in moves.items():
-        if rows:
-            await conn.exec_driver_sql(store.sql(_SQL_MOVE[target]), rows)
+        if target is not None:
+            moves.setdefault(target, []).append({
+                "b_id": d["delivery_id"], "b_at": d["at"],
+                "b_error": d["detail"] or d["status"]})
+    for target, params in moves.items():
+        await conn.execute(_RECEIPT_MOVES[target], params)
 
 
 async def _write_acks(
@@ -323,9 +427,9 @@ async def _write_acks(
     """Record acknowledgements in a few bulk statements, however many arrive at once."""
     seen: set[int] = set()
     firsts: list[tuple[dict[str, Any], Any]] = []
-    for d in items:
+    for d in sorted(items, key=lambda d: d["delivery_id"]):
         row = known[d["delivery_id"]]
-        if row.state == "acknowledged" or row.id in seen:
+        if row.state == DeliveryState.ACKNOWLEDGED or row.id in seen:
             continue  # repeated callbacks have one effect
         seen.add(row.id)
         firsts.append((d, row))
@@ -336,11 +440,10 @@ async def _write_acks(
          "speaker_id": row.speaker_id, "via": d["via"], "detail": d["detail"], "at": d["at"]}
         for d, row in firsts])
     await conn.execute(
-        update(deliveries).where(deliveries.c.id == bindparam("b_id"))
         # A speaker's escalate_at is its next repeat, which "played" does not end.
-        .values(state="acknowledged", acked_at=bindparam("b_at"), lease_until=None,
-                escalate_at=case((deliveries.c.role == "speaker", deliveries.c.escalate_at),
-                                 else_=None)),
+        move(Event.ACK, _BY_ID, acked_at=p_float("b_at"), lease_until=None,
+             escalate_at=case((deliveries.c.role == "speaker", deliveries.c.escalate_at),
+                              else_=literal(None, Float()))),
         [{"b_id": row.id, "b_at": d["at"]} for d, row in firsts])
     # The person (or their supervisor, answering for them) has responded: no further
     # escalation on any of their deliveries for this alert. Two statements, each on its own
@@ -352,17 +455,18 @@ async def _write_acks(
             people[(person, row.alert_id)] = d["at"]
     if not people:
         return
-    params = [{"b_person": p, "b_alert": a, "b_at": at} for (p, a), at in people.items()]
+    params = [{"b_person": p, "b_alert": a, "b_at": at}
+              for (p, a), at in sorted(people.items())]
     for who in (deliveries.c.contact_id, deliveries.c.on_behalf_of):
         await conn.execute(
             update(deliveries)
             .where(
                 _ACK_REQUIRED,
-                who == bindparam("b_person"),
-                deliveries.c.alert_id == bindparam("b_alert"),
+                who == p_id("b_person"),
+                deliveries.c.alert_id == p_id("b_alert"),
                 deliveries.c.acked_at.is_(None),
             )
-            .values(acked_at=bindparam("b_at"), escalate_at=None),
+            .values(acked_at=p_float("b_at"), escalate_at=None),
             params,
         )
 

@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from warngate.adapter import ProviderEvent
+
 
 @dataclass
 class RecordingSink:
@@ -23,10 +25,11 @@ class RecordingSink:
         provider_ref: str | None = None,
         status: str,
         detail: str | None = None,
+        event: ProviderEvent | None = None,
     ) -> None:
         self.receipts.append(
             {"delivery_id": delivery_id, "provider_ref": provider_ref, "status": status,
-             "detail": detail}
+             "detail": detail, "event": event}
         )
         self._changed.set()
 
@@ -38,10 +41,11 @@ class RecordingSink:
         phone: str | None = None,
         via: str,
         detail: str | None = None,
+        event: ProviderEvent | None = None,
     ) -> None:
         self.acks.append(
             {"delivery_id": delivery_id, "provider_ref": provider_ref, "phone": phone,
-             "via": via, "detail": detail}
+             "via": via, "detail": detail, "event": event}
         )
         self._changed.set()
 

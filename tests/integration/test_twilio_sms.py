@@ -11,7 +11,7 @@ import pytest
 from warngate_twilio import TwilioSmsAdapter
 
 from tests.twilio_fake import AdapterRig, FakeTwilio, adapter_rig, free_port, twilio_options
-from warngate.adapter import AuthError, Outbound, PermanentError, TransientError
+from warngate.adapter import AuthError, Outbound, PermanentError, ProviderEvent, TransientError
 from warngate.settings import AdapterSettings
 
 TO = "+8617000000010"
@@ -148,7 +148,8 @@ async def test_status_callbacks_become_receipts_once(rig: Rig) -> None:
     for status in ("queued", "sent", "delivered", "delivered"):  # Twilio repeats itself
         assert (await rig.fake.message_status(sent, status))[0] == 204
     assert rig.sink.receipts == [
-        {"delivery_id": 7, "provider_ref": sent.sid, "status": s, "detail": None}
+        {"delivery_id": 7, "provider_ref": sent.sid, "status": s, "detail": None,
+         "event": ProviderEvent(rig.adapter.name, f"status:{sent.sid}:{s}")}
         for s in ("queued", "sent", "delivered")
     ]
     assert rig.adapter.guard.counts["duplicate"] == 1
@@ -219,7 +220,9 @@ async def test_callback_without_delivery_id_reports_the_sid(rig: Rig) -> None:
                                      "ErrorCode": "30006", "ErrorMessage": "Landline"})
     assert status == 204
     assert rig.sink.receipts == [{"delivery_id": None, "provider_ref": "SM" + "9" * 32,
-                                  "status": "failed", "detail": "Twilio error 30006: Landline"}]
+                                  "status": "failed", "detail": "Twilio error 30006: Landline",
+                                  "event": ProviderEvent(rig.adapter.name,
+                                                         f"status:SM{'9' * 32}:failed")}]
 
 
 # -- replies ------------------------------------------------------------------------------

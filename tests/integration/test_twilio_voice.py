@@ -11,7 +11,7 @@ import pytest
 from warngate_twilio import TwilioVoiceAdapter
 
 from tests.twilio_fake import AdapterRig, FakeTwilio, adapter_rig, twilio_options
-from warngate.adapter import Outbound, PermanentError
+from warngate.adapter import Outbound, PermanentError, ProviderEvent
 from warngate.settings import AdapterSettings
 
 TO = "+8617000000011"
@@ -66,7 +66,8 @@ async def test_pressing_1_acknowledges_once(rig: Rig) -> None:
         assert status == 200
         assert "已确认，谢谢。" in twiml and "<Hangup />" in twiml
     assert rig.sink.acks == [{"delivery_id": 21, "provider_ref": call.sid, "phone": None,
-                              "via": "dtmf", "detail": None}]
+                              "via": "dtmf", "detail": None,
+                              "event": ProviderEvent(rig.adapter.name, f"gather:{call.sid}:21")}]
 
 
 async def test_wrong_key_asks_again_then_gives_up(rig: Rig) -> None:
@@ -98,7 +99,9 @@ async def test_call_outcomes_become_receipts(rig: Rig, call_status: str, receipt
         status, _ = await rig.fake.call_status(call, call_status, duration=duration)
         assert status == 204
     assert rig.sink.receipts == [{"delivery_id": 21, "provider_ref": call.sid,
-                                  "status": receipt, "detail": detail}]
+                                  "status": receipt, "detail": detail,
+                                  "event": ProviderEvent(rig.adapter.name,
+                                                         f"call:{call.sid}:{call_status}")}]
     assert rig.sink.acks == []  # answering is not acknowledging
 
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.twiml.messaging_response import MessagingResponse
 
-from warngate.adapter import Outbound, PermanentError, SendResult
+from warngate.adapter import Outbound, PermanentError, ProviderEvent, SendResult
 from warngate.phone import mask
 from warngate_twilio.base import TwilioAdapter
 from warngate_twilio.options import SmsOptions
@@ -128,7 +128,8 @@ class TwilioSmsAdapter(TwilioAdapter[SmsOptions]):
         detail = None
         if code := form.get("ErrorCode"):
             detail = f"Twilio error {code}" + (f": {m}" if (m := form.get("ErrorMessage")) else "")
-        sink.receipt(delivery_id=delivery_id, provider_ref=sid, status=status, detail=detail)
+        sink.receipt(delivery_id=delivery_id, provider_ref=sid, status=status, detail=detail,
+                     event=ProviderEvent(self.name, f"status:{sid}:{status}"))
         return web.Response(status=204)
 
     async def on_inbound(self, request: web.Request) -> web.Response:
@@ -151,7 +152,9 @@ class TwilioSmsAdapter(TwilioAdapter[SmsOptions]):
             )
             return twiml(EMPTY_TWIML)
         self.counts["replies_ack"] += 1
-        sink.acknowledge(phone=sender, via="sms_reply", detail=f"{sid}: {body[:100]}")
+        # The reply's own id: a captured signed "1" replayed later acknowledges nothing.
+        sink.acknowledge(phone=sender, via="sms_reply", detail=f"{sid}: {body[:100]}",
+                         event=ProviderEvent(self.name, f"inbound:{sid}"))
         if not self.options.ack_reply:
             return twiml(EMPTY_TWIML)
         reply = MessagingResponse()

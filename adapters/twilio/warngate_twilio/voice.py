@@ -19,7 +19,7 @@ from aiohttp import web
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.twiml.voice_response import VoiceResponse
 
-from warngate.adapter import Outbound, PermanentError, SendResult
+from warngate.adapter import Outbound, PermanentError, ProviderEvent, SendResult
 from warngate.phone import mask
 from warngate_twilio.base import TwilioAdapter
 from warngate_twilio.options import VoiceOptions
@@ -155,7 +155,8 @@ class TwilioVoiceAdapter(TwilioAdapter[VoiceOptions]):
             if not self.guard.repeat(("gather", call_sid, delivery_id)):
                 self.counts["keys_ack"] += 1
                 sink.acknowledge(delivery_id=delivery_id, provider_ref=call_sid,
-                                 via="dtmf")
+                                 via="dtmf", event=ProviderEvent(
+                                     self.name, f"gather:{call_sid}:{delivery_id}"))
             self._say(response, self.options.thanks)
             response.hangup()
         elif tries < _MAX_TRIES:
@@ -192,5 +193,5 @@ class TwilioVoiceAdapter(TwilioAdapter[VoiceOptions]):
         if code := form.get("ErrorCode"):
             detail += f", Twilio error {code}"
         sink.receipt(delivery_id=delivery_id, provider_ref=call_sid, status=status,
-                     detail=detail)
+                     detail=detail, event=ProviderEvent(self.name, f"call:{call_sid}:{raw}"))
         return web.Response(status=204)
