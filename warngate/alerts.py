@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import func, insert, literal, literal_column, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from warngate.delivery import REACHED, Event, in_states, move, plan_insert
 from warngate.planning import Targets, estimate_recipients, priority_of, resolve_targets
 from warngate.policy import LEVELS, Policy
 from warngate.store import Store
@@ -389,7 +390,7 @@ async def cancel_in(conn: AsyncConnection, row: Any, actor: str, now: float) -> 
         update(alerts).where(alerts.c.id == row.id)
         .values(state="cancelled", cancelled_by=actor, plan_stage=2, updated_at=now)
     )
-    stopped = await _stop_pending(conn, row.id, "cancelled")
+    stopped = await _stop_pending(conn, row.id, Event.CANCEL)
     return stopped, await _lifted_notices(conn, row, now)
 
 
@@ -404,68 +405,47 @@ async def supersede_in(conn: AsyncConnection, old: Any, new_id: int, targets: Ta
     await conn.execute(
         update(alerts).where(alerts.c.id == new_id).values(supersedes_id=old.id)
     )
-    await _stop_pending(conn, old.id, "superseded")
+    await _stop_pending(conn, old.id, Event.SUPERSEDE)
     await _lifted_notices(conn, old, now, still_covered=targets)
 
 
 async def _lifted_notices(conn: AsyncConnection, row: Any, now: float, *,
                           still_covered: Targets | None = None) -> int:
     """Plan a "lifted" message to everyone ``row`` reached, except where ``still_covered``."""
-    reached = ("sending", "sent", "delivered", "acknowledged")
-    people_where = [deliveries.c.alert_id == row.id, deliveries.c.kind != "cancel",
-                    deliveries.c.contact_id.is_not(None), deliveries.c.state.in_(reached)]
-    speaker_where = [deliveries.c.alert_id == row.id, deliveries.c.kind != "cancel",
-                     deliveries.c.speaker_id.is_not(None), deliveries.c.state.in_(reached)]
+    reached = [deliveries.c.alert_id == row.id, deliveries.c.kind != "cancel",
+               in_states(REACHED)]
+    people_where = [*reached, deliveries.c.contact_id.is_not(None)]
+    speaker_where = [*reached, deliveries.c.speaker_id.is_not(None)]
     if still_covered is not None:
         people_where.append(~still_covered.covers(deliveries))
         # A speaker serves its village: a grid still warned keeps its village's speaker.
         villages = set(still_covered.villages) | {g[:12] for g in still_covered.grids}
         speaker_where.append(~or_(deliveries.c.township_code.in_(still_covered.townships),
                                   deliveries.c.village_code.in_(sorted(villages))))
-    people = (
-        select(
-            literal(row.id), literal("cancel"), deliveries.c.contact_id,
-            func.min(deliveries.c.role), func.min(deliveries.c.channel), literal(0),
-            literal("planned"), literal(priority_of(row.level, "township_duty")),
-            literal(0), literal(now), literal(False),
-            func.min(deliveries.c.township_code), func.min(deliveries.c.village_code),
-            func.min(deliveries.c.grid_code), literal(now),
-        )
-        .where(*people_where)
-        .group_by(deliveries.c.contact_id)
-    )
-    cols = ["alert_id", "kind", "contact_id", "role", "channel", "step", "state", "priority",
-            "village_rank", "due_at", "ack_required", "township_code", "village_code",
-            "grid_code", "created_at"]
-    a = await conn.execute(insert(deliveries).from_select(cols, people))
-    speakers_reached = (
-        select(
-            literal(row.id), literal("cancel"), deliveries.c.speaker_id, literal("speaker"),
-            literal("speaker"), literal(0), literal("planned"), literal(0), literal(0),
-            literal(now), literal(False), func.min(deliveries.c.township_code),
-            func.min(deliveries.c.village_code), literal(None), literal(now),
-        )
-        .where(*speaker_where)
-        .group_by(deliveries.c.speaker_id)
-    )
-    scols = [c if c != "contact_id" else "speaker_id" for c in cols]
-    b = await conn.execute(insert(deliveries).from_select(scols, speakers_reached))
+    common = {"alert_id": row.id, "kind": "cancel", "due_at": now, "created_at": now,
+              "township_code": func.min(deliveries.c.township_code),
+              "village_code": func.min(deliveries.c.village_code)}
+    a = await conn.execute(plan_insert(
+        {**common, "contact_id": deliveries.c.contact_id,
+         "role": func.min(deliveries.c.role), "channel": func.min(deliveries.c.channel),
+         "priority": priority_of(row.level, "township_duty"),
+         "grid_code": func.min(deliveries.c.grid_code)},
+        lambda sel: sel.where(*people_where).group_by(deliveries.c.contact_id)))
+    b = await conn.execute(plan_insert(
+        {**common, "speaker_id": deliveries.c.speaker_id, "role": "speaker",
+         "channel": "speaker", "priority": 0},
+        lambda sel: sel.where(*speaker_where).group_by(deliveries.c.speaker_id)))
     return max(a.rowcount, 0) + max(b.rowcount, 0)
 
 
-async def _stop_pending(conn: AsyncConnection, alert_id: int, state: str) -> int:
-    """What of the alert is not sent yet ends in ``state``, and none of it escalates or
-    repeats any more; returns how many deliveries were stopped."""
+async def _stop_pending(conn: AsyncConnection, alert_id: int, event: Event) -> int:
+    """What of the alert is not sent yet stops (``event``: cancel or supersede), and none
+    of it escalates or repeats any more; returns how many deliveries were stopped."""
     stopped = await conn.execute(
-        update(deliveries)
-        .where(deliveries.c.alert_id == alert_id,
-               deliveries.c.state.in_((literal_column("'planned'"), literal_column("'retry'"))))
-        .values(state=state, escalate_at=None)
-    )
+        move(event, deliveries.c.alert_id == alert_id, escalate_at=None))
     await conn.execute(
         update(deliveries)
         .where(deliveries.c.alert_id == alert_id, deliveries.c.escalate_at.is_not(None))
         .values(escalate_at=None)
     )
     return max(stopped.rowcount, 0)
-

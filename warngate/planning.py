@@ -25,10 +25,8 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Integer,
     and_,
     func,
-    insert,
     literal,
     or_,
     select,
@@ -36,9 +34,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from warngate.delivery import plan_insert
 from warngate.policy import LEVEL_RANK, LEVELS, ROLE_PRIORITY, Policy, RolePolicy
 from warngate.store import Store
-from warngate.store.schema import alerts, contacts, deliveries, regions, speakers
+from warngate.store.schema import alerts, contacts, regions, speakers
 from warngate.waiting import wait_set
 
 log = logging.getLogger(__name__)
@@ -172,31 +171,14 @@ def _contact_rows(
 ) -> Any:
     escalate_at = now + rp.escalation[0].after if (escalates and rp.escalation) else None
     rank = func.row_number().over(partition_by=contacts.c.village_code, order_by=contacts.c.id)
-    sel = select(
-        literal(alert_id),
-        literal(kind),
-        contacts.c.id,
-        contacts.c.role,
-        literal(channel),
-        literal(0, Integer),
-        literal("planned"),
-        literal(priority_of(level, role), Integer),
-        rank,
-        literal(now),
-        literal(rp.ack.required),
-        literal(escalate_at),
-        contacts.c.township_code,
-        contacts.c.village_code,
-        contacts.c.grid_code,
-        literal(now),
-    ).where(contacts.c.role == role, where)
-    return insert(deliveries).from_select(
-        [
-            "alert_id", "kind", "contact_id", "role", "channel", "step", "state", "priority",
-            "village_rank", "due_at", "ack_required", "escalate_at", "township_code",
-            "village_code", "grid_code", "created_at",
-        ],
-        sel,
+    return plan_insert(
+        {"alert_id": alert_id, "kind": kind, "contact_id": contacts.c.id,
+         "role": contacts.c.role, "channel": channel,
+         "priority": priority_of(level, role), "village_rank": rank, "due_at": now,
+         "ack_required": rp.ack.required, "escalate_at": escalate_at,
+         "township_code": contacts.c.township_code, "village_code": contacts.c.village_code,
+         "grid_code": contacts.c.grid_code, "created_at": now},
+        lambda sel: sel.where(contacts.c.role == role, where),
     )
 
 
@@ -335,23 +317,17 @@ class Planner:
             rank = func.row_number().over(
                 partition_by=speakers.c.village_code, order_by=speakers.c.id
             )
-            sel = select(
-                literal(alert.id), literal(kind), speakers.c.id, literal("speaker"),
-                literal("speaker"), literal(0, Integer), literal("planned"),
-                literal(priority_of(alert.level, "speaker"), Integer), rank, literal(now),
-                literal(False), speakers.c.township_code, speakers.c.village_code,
-                literal(now),
-                # Red warnings sound again at the policy's interval (escalation.py repeats).
-                literal(now + sp.repeat_every if sp.repeat_every and kind == "alert" else None),
-            ).where(_speaker_cover(targets))
-            res = await conn.execute(
-                insert(deliveries).from_select(
-                    ["alert_id", "kind", "speaker_id", "role", "channel", "step", "state",
-                     "priority", "village_rank", "due_at", "ack_required", "township_code",
-                     "village_code", "created_at", "escalate_at"],
-                    sel,
-                )
-            )
+            res = await conn.execute(plan_insert(
+                {"alert_id": alert.id, "kind": kind, "speaker_id": speakers.c.id,
+                 "role": "speaker", "channel": "speaker",
+                 "priority": priority_of(alert.level, "speaker"), "village_rank": rank,
+                 "due_at": now, "township_code": speakers.c.township_code,
+                 "village_code": speakers.c.village_code, "created_at": now,
+                 # Red warnings sound again at the policy's interval (escalation.py repeats).
+                 "escalate_at": now + sp.repeat_every
+                 if sp.repeat_every and kind == "alert" else None},
+                lambda sel: sel.where(_speaker_cover(targets)),
+            ))
             added += max(res.rowcount, 0)
         return added
 
