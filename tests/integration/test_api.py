@@ -293,10 +293,10 @@ async def test_ack_link_acknowledges_once(api: Api) -> None:
                     break
                 await asyncio.sleep(0.05)
         path = f"/ack/{make_token(ACK_KEY.encode(), row.id)}"
-        resp = await api.client.get(path)
+        resp = await api.client.post(path)  # the page's "确认收到" button
         text = await resp.text()
         assert resp.status == 200 and "已确认收到" in text and "暴雨红色预警" in text
-        resp = await api.client.get(path)  # a second tap changes nothing
+        resp = await api.client.post(path)  # a second tap changes nothing
         assert resp.status == 200
         resp = await api.client.get(path[:-3] + "abc")
         assert resp.status == 404 and "链接无效" in await resp.text()

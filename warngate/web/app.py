@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
 from warngate import board
-from warngate.acktoken import verify_token
+from warngate.acklinks import AckLinks
 from warngate.adapter import Adapter
 from warngate.alerts import Actor, AlertError, CancelRequest, ComposeRequest, record_rejection
 from warngate.feeds import health as feed_health
@@ -21,7 +21,8 @@ from warngate.metrics import render_metrics
 from warngate.policy import Policy
 from warngate.service import Gateway, load_adapters, running_gateway
 from warngate.settings import Settings
-from warngate.store.schema import ALERT_STATES, DELIVERY_STATES, alerts, deliveries
+from warngate.store.schema import ALERT_STATES, DELIVERY_STATES, alerts
+from warngate.web import ack
 from warngate.web.auth import TokenBook
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,25 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
     except Exception as exc:
+        if _client_went_away(request, exc):
+            log.info("client went away during %s %s", request.method, request.path)
+            # Nobody reads this answer (aiohttp drops it), and the body never fully arrived,
+            # so there is no input to keep.
+            return error(400, "client_disconnected", "the client closed the connection")
         log.exception("unhandled error on %s %s", request.method, request.path)
         await _keep_failed_input(request, exc)
         return error(500, "internal", "internal error; see the service log")
+
+
+def _client_went_away(request: web.Request, exc: Exception) -> bool:
+    """A reset because the client hung up is routine (a phone losing signal mid-upload); a
+    reset met elsewhere while the client still waits is a failure like any other.
+
+    ``aiohttp.ClientConnectionResetError`` is a ``ConnectionResetError`` too.
+    """
+    transport = request.transport
+    return isinstance(exc, ConnectionResetError) and (transport is None
+                                                      or transport.is_closing())
 
 
 async def _keep_failed_input(request: web.Request, exc: Exception) -> None:
@@ -302,37 +319,7 @@ async def hydrology_readings(request: web.Request) -> web.Response:
     return ok({"results": results})
 
 
-# -- acknowledgement links, health, metrics, UI ---------------------------------------------
-
-_ACK_PAGE = """<!doctype html><html lang="zh-CN"><meta charset="utf-8">
-<meta name="viewport" content="width=device-width,initial-scale=1"><title>{title}</title>
-<body style="font-family:sans-serif;max-width:32em;margin:2em auto;padding:0 1em">
-<h1>{title}</h1><p>{text}</p></body></html>"""
-
-
-async def ack_link(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    delivery_id = verify_token(gw.ack_key, request.match_info["token"])
-    if delivery_id is None:
-        return web.Response(
-            status=404, content_type="text/html", charset="utf-8",
-            text=_ACK_PAGE.format(title="链接无效", text="此确认链接无效或已过期。"))
-    async with gw.store.read() as conn:
-        row = (await conn.execute(
-            select(deliveries.c.id, alerts.c.headline, alerts.c.state)
-            .join(alerts, alerts.c.id == deliveries.c.alert_id)
-            .where(deliveries.c.id == delivery_id)
-        )).one_or_none()
-    if row is None:
-        return web.Response(
-            status=404, content_type="text/html", charset="utf-8",
-            text=_ACK_PAGE.format(title="链接无效", text="此确认链接无效或已过期。"))
-    gw.receipts.acknowledge(delivery_id=delivery_id, via="link")
-    await gw.receipts.flush()
-    return web.Response(
-        content_type="text/html", charset="utf-8",
-        text=_ACK_PAGE.format(title="已确认收到", text=f"您已确认收到：{row.headline}"))
-
+# -- health, metrics, UI (acknowledgement links: warngate.web.ack) ------------------------
 
 async def healthz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
@@ -359,6 +346,34 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(_STATIC / "index.html")
 
 
+# -- headers on every answer ----------------------------------------------------------------
+
+#: The UI and the acknowledgement pages load their scripts and styles from /static/ and
+#: nothing inline, so markup that slips into a page (an alert headline from any CAP sender)
+#: cannot run; no other site may frame our pages or be the target of our forms.
+_CSP = ("default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; "
+        "object-src 'none'")
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": _CSP,
+    "X-Content-Type-Options": "nosniff",
+    # The acknowledgement token is in the URL: no Referer may carry it to another site.
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    # aiohttp's default names Python's and its own version.
+    "Server": "warngate",
+}
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """A response signal, not a middleware: it also sees static files, the router's 404s and
+    the answers aiohttp makes from exceptions, which no middleware returns."""
+    response.headers.update(_SECURITY_HEADERS)
+    if not request.path.startswith("/static/"):
+        # Receipt boards, personal data and acknowledgement pages: never kept by a proxy or
+        # the browser's cache (a shared phone's back button must not show someone's link).
+        response.headers["Cache-Control"] = "no-store"
+
+
 def build_app(settings: Settings, policy: Policy,
               adapters: list[Adapter] | None = None) -> web.Application:
     """The whole service as one aiohttp application; starting it starts the gateway."""
@@ -367,6 +382,8 @@ def build_app(settings: Settings, policy: Policy,
         middlewares=[errors_middleware, auth_middleware],
     )
     app[TOKENS] = TokenBook(settings.auth.tokens)
+    app.on_response_prepare.append(_security_headers)
+    ack.setup(app, public_url=settings.http.public_url)
     if adapters is None:
         async def reject(**kw: Any) -> int:
             # Adapters' webhooks keep what they refuse, like every other entry point.
@@ -378,6 +395,8 @@ def build_app(settings: Settings, policy: Policy,
     async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         async with running_gateway(settings, policy, adapters) as gw:
             app[GATEWAY] = gw
+            app[ack.ACK_LINKS] = AckLinks(gw.store, gw.receipts, gw.ack_key,
+                                          clock=gw.clock.now)
             yield
 
     app.cleanup_ctx.append(gateway_ctx)
@@ -389,7 +408,9 @@ def build_app(settings: Settings, policy: Policy,
     app.router.add_get("/api/v1/alerts/{alert_id}/receipts", receipts)
     app.router.add_post("/api/v1/cap", cap_push)
     app.router.add_post("/api/v1/hydrology/readings", hydrology_readings)
-    app.router.add_get("/ack/{token}", ack_link)
+    # add_get also answers HEAD with the same handler, which shows and never acknowledges.
+    app.router.add_get("/ack/{token}", ack.show)
+    app.router.add_post("/ack/{token}", ack.confirm)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
