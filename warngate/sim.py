@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from warngate.adapter import (
     BaseAdapter,
     Outbound,
+    PermanentError,
     ReceiptSink,
     SendResult,
 )
@@ -36,9 +37,20 @@ class SimOptions(BaseModel):
     delivery_delay: tuple[float, float] = (0.0, 0.0)
     #: Share of addresses that never receive anything (switched off, wrong number).
     unreachable_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    #: Share of addresses the provider refuses outright at send time (``PermanentError``,
+    #: like Twilio's 21211 "invalid number" or 21610 "unsubscribed"): no receipt follows.
+    permanent_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     #: Share of people who acknowledge a message that asks for it.
     ack_probability: float = Field(default=1.0, ge=0.0, le=1.0)
     ack_delay: tuple[float, float] = (0.0, 0.0)
+
+    def refuses(self, address: str) -> bool:
+        """The provider rejects every message to ``address`` (checked before reachability)."""
+        return _fraction(self.seed, "permanent", address) < self.permanent_rate
+
+    def reaches(self, address: str) -> bool:
+        """A message the provider took for ``address`` arrives (else a failure receipt)."""
+        return _fraction(self.seed, address) >= self.unreachable_rate
 
 
 def _fraction(*parts: object) -> float:
@@ -94,10 +106,12 @@ class _SimAdapter(BaseAdapter):
         sink = self.receipts
         if sink is None:
             raise RuntimeError(f"adapter {self.name} used before start()")
+        o = self.options
+        if o.refuses(message.address):
+            raise PermanentError(f"simulated provider refuses {message.address} (invalid number)")
         self.sent += 1
         ref = f"SIM{self.channel[:2].upper()}{next(self._ref):010d}"
-        o = self.options
-        reachable = _fraction(o.seed, message.address) >= o.unreachable_rate
+        reachable = o.reaches(message.address)
         delay = self._delay(o.delivery_delay, message.address, message.delivery_id)
         if not reachable:
             self._later(delay, lambda: sink.receipt(
@@ -147,7 +161,9 @@ class SimSpeakerAdapter(_SimAdapter):
         if sink is None:
             raise RuntimeError(f"adapter {self.name} used before start()")
         o = self.options
-        reachable = _fraction(o.seed, message.address) >= o.unreachable_rate
+        if o.refuses(message.address):
+            raise PermanentError(f"simulated speaker {message.address} refuses commands")
+        reachable = o.reaches(message.address)
         delay = self._delay(o.delivery_delay, message.address, message.delivery_id)
         did = message.delivery_id
         if reachable:
