@@ -386,6 +386,10 @@ async def _existing(conn: AsyncConnection, ids: set[int]) -> dict[int, Any]:
             )
             .join(alerts, alerts.c.id == deliveries.c.alert_id)
             .where(deliveries.c.id.in_(part))
+            # A cancel that commits while this batch is written must not see an
+            # acknowledgement of the warning it just lifted: hold the alerts (PostgreSQL;
+            # SQLite writers are serial anyway).
+            .with_for_update(of=alerts, read=True)
         ):
             found[row.id] = row
     return found
