@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from warngate.policy import PolicyError, load_policy
+from warngate.policy import Policy, PolicyError, load_policy
 from warngate.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("warngate")
@@ -35,16 +35,32 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from warngate.web.app import build_app
-
     settings = _settings(args)
     policy = load_policy(settings.policy_file)
+    return asyncio.run(serve(settings, policy))
+
+
+async def serve(settings: Settings, policy: Policy) -> int:
+    """Serve until SIGINT/SIGTERM (exit 0) or until the gateway stops itself (exit 1)."""
+    from warngate.serving import serving
+    from warngate.web.app import build_app
+
     app = build_app(settings, policy)
-    log.info("warngate serving on http://%s:%d", settings.http.host, settings.http.port)
-    web.run_app(app, host=settings.http.host, port=settings.http.port, print=None,
-                access_log=None)
+    try:
+        async with serving(app, settings.http.host, settings.http.port) as running:
+            log.info("warngate serving on http://%s:%d", settings.http.host,
+                     settings.http.port)
+            await running.wait()
+    except (ConfigError, PolicyError):
+        raise
+    except Exception:
+        log.critical("warngate could not start, or did not stop cleanly", exc_info=True)
+        return 1
+    failure = running.gateway.failure
+    if failure is not None:
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
+    log.info("warngate stopped")
     return 0
 
 

@@ -8,10 +8,8 @@ CAP message through the same path as a real feed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
-import signal
 import sys
 import time
 import uuid
@@ -19,12 +17,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
-from aiohttp import web
 from sqlalchemy import func, select
 
 from warngate.board import alert_progress
 from warngate.cap import parse_cap
 from warngate.policy import load_policy
+from warngate.serving import serving
 from warngate.settings import (
     AdapterSettings,
     ApiToken,
@@ -39,8 +37,7 @@ from warngate.settings import (
 from warngate.sources import cap_to_alert
 from warngate.store import Store
 from warngate.store.schema import contacts, deliveries
-from warngate.waiting import wait_set
-from warngate.web.app import GATEWAY, build_app
+from warngate.web.app import build_app
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +138,8 @@ async def run_demo(
         await store.close()
 
     app = build_app(settings, policy)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.http.host, port)
-    await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        gw = app[GATEWAY]
+    async with serving(app, settings.http.host, port) as running:
+        gw = running.gateway
         base = f"http://127.0.0.1:{port}"
         print(f"\nwarngate demo 已启动: {base}/  (UI)", file=out)
         print(f"API token: {token}", file=out)
@@ -169,7 +158,7 @@ async def run_demo(
               f"&state=unacknowledged'", file=out)
         print("Ctrl-C stops the demo.\n", file=out, flush=True)
         started = time.monotonic()
-        while not stop.is_set():
+        while not running.stopping:
             async with gw.store.read() as conn:
                 progress = await alert_progress(conn, aid)
                 escalated = (await conn.execute(
@@ -182,11 +171,11 @@ async def run_demo(
                   flush=True)
             if duration is not None and elapsed >= duration:
                 break
-            await wait_set(stop, 3.0)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        await runner.cleanup()
+            await running.wait(3.0)
+    if gw.failure is not None:
+        print(f"演示因故障停止 (the demo stopped on a failure): {gw.failure}; data kept in",
+              data_dir, file=out)
+        return 1
     print("demo stopped; data kept in", data_dir, file=out)
     return 0
 

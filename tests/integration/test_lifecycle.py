@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from aiohttp import web
 from pydantic import SecretStr
 from sqlalchemy import select
 
+from tests.e2e.test_crash_restart import free_port
 from tests.gateway_run import rows
 from warngate.adapter import Outbound, ReceiptSink, SendResult
+from warngate.cli import serve
 from warngate.policy import Policy
 from warngate.service import Gateway
 from warngate.settings import AdapterSettings, AuthSettings, Settings
@@ -176,7 +180,9 @@ async def test_a_clean_stop_is_not_a_failure(store: Store) -> None:
 async def test_a_hung_adapter_stop_is_bounded_and_receipts_are_still_written(
         store: Store, caplog: pytest.LogCaptureFixture) -> None:
     adapter = HangingStop("first", "sms")
-    gateway = Gateway(settings(store), POLICY, store, [adapter], grace=0.2)
+    # The receipt writer outlives the adapters: what one reports while stopping is written
+    # within the grace the stop gets (the writer flushes every 0.1 s).
+    gateway = Gateway(settings(store), POLICY, store, [adapter], grace=1.0)
     caplog.set_level(logging.ERROR, logger="warngate")
     try:
         async with asyncio.timeout(20):  # without the bound this never returns
@@ -191,3 +197,51 @@ async def test_a_hung_adapter_stop_is_bounded_and_receipts_are_still_written(
     finally:
         adapter.release.set()
         await asyncio.sleep(0)
+
+
+def served(store: Store, port: int) -> Settings:
+    return Settings(
+        database={"url": store.engine.url.render_as_string(hide_password=False)},  # type: ignore[arg-type]
+        http={"host": "127.0.0.1", "port": port,  # type: ignore[arg-type]
+              "public_url": f"http://127.0.0.1:{port}"},
+        auth=AuthSettings(four_eyes=False),
+        adapters=(AdapterSettings(name="sms", type="sim-sms", channel="sms"),),
+        ack_key=SecretStr("lifecycle-test-key-lifecycle-test-key"),
+    )
+
+
+async def started(port: int, serving: asyncio.Task[int]) -> None:
+    async with aiohttp.ClientSession() as http, asyncio.timeout(30):
+        while True:
+            assert not serving.done(), serving.result()
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+
+
+async def test_serve_exits_1_with_the_reason_when_the_gateway_stops_itself(
+        store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    serving = asyncio.create_task(serve(served(store, port), POLICY), name="serve")
+    await started(port, serving)
+    # A core loop ending for any reason (here: cancelled from outside) stops the service.
+    [planner] = [t for t in asyncio.all_tasks() if t.get_name() == "planner"]
+    planner.cancel()
+    async with asyncio.timeout(30):
+        code = await serving
+    assert code == 1
+    assert "core task planner stopped: cancelled" in capsys.readouterr().err
+
+
+async def test_serve_exits_0_on_sigterm(store: Store) -> None:
+    port = free_port()
+    serving = asyncio.create_task(serve(served(store, port), POLICY), name="serve")
+    await started(port, serving)
+    assert not serving.done()  # its handler is installed: the signal cannot reach pytest
+    os.kill(os.getpid(), signal.SIGTERM)
+    async with asyncio.timeout(30):
+        assert await serving == 0
