@@ -61,9 +61,9 @@ TEMPLATE = """<?xml version="1.0" encoding="UTF-8"?>
 class FirstSend(SimSmsAdapter):
     first: ClassVar[dict[int, float]] = {}
 
-    async def send(self, message: Outbound) -> SendResult:
+    async def _send(self, message: Outbound) -> SendResult:
         self.first.setdefault(message.alert_id, time.perf_counter())
-        return await super().send(message)
+        return await super()._send(message)
 
 
 async def run(url: str, posts: int) -> list[float]:

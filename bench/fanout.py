@@ -52,12 +52,12 @@ class TimedSms(SimSmsAdapter):
     first_at: float | None = None
     last_at: float = 0.0
 
-    async def send(self, message: Outbound) -> SendResult:
+    async def _send(self, message: Outbound) -> SendResult:
         now = time.perf_counter()
         if self.first_at is None:
             self.first_at = now
         self.last_at = now
-        return await super().send(message)
+        return await super()._send(message)
 
 
 async def build_registry(store: Store, n: int) -> None:

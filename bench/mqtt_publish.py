@@ -32,7 +32,6 @@ import multiprocessing as mp
 import os
 import resource
 import statistics
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -40,18 +39,17 @@ from typing import Any
 
 import aiomqtt
 import psutil
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from warngate_mqtt import MqttSpeakerAdapter
 from warngate_mqtt.payloads import command_for
 from warngate_mqtt.speaker_sim import Behaviour, SpeakerSimulator
+from warngate_mqtt.testing import GATEWAY_USER, Mosquitto, throwaway_mosquitto
 from warngate_mqtt.topics import Topics
 
-from tests.mosquitto import GATEWAY_USER, Mosquitto, throwaway_mosquitto
 from warngate.adapter import Outbound
 from warngate.settings import AdapterSettings
 
+#: The broker runs what the repository ships (config/mosquitto), ACL included.
+SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "config" / "mosquitto"
 GW_PASSWORD = "bench-gateway"
 SPEAKER_PASSWORD = "bench-speaker"
 HEADLINE = "夏溪县气象台发布暴雨红色预警"
@@ -282,7 +280,7 @@ async def acks_in(broker: Mosquitto, n: int) -> dict[str, float]:
 async def broker_for(speakers: int) -> AsyncIterator[Mosquitto]:
     users = {GATEWAY_USER: GW_PASSWORD,
              **{f"spk-{i:05d}": SPEAKER_PASSWORD for i in range(speakers)}}
-    async with throwaway_mosquitto(users) as broker:
+    async with throwaway_mosquitto(users, config_dir=SHIPPED_CONFIG) as broker:
         yield broker
 
 

@@ -44,9 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from warngate_twilio import TwilioSmsAdapter, TwilioVoiceAdapter
 from warngate_twilio.rest import form_encode
+from warngate_twilio.testing import FakeTwilio, free_port, serving
 
 from tests.smallcounty import write_small_county
-from tests.twilio_fake import FakeTwilio, free_port, serving
 from warngate.adapter import Outbound
 from warngate.alerts import Actor, ComposeRequest
 from warngate.policy import Policy

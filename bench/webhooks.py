@@ -47,8 +47,8 @@ from twilio_sms import (  # beside this file
     warn_all,
 )
 from warngate_twilio import TwilioSmsAdapter
+from warngate_twilio.testing import FakeTwilio, free_port, serving
 
-from tests.twilio_fake import FakeTwilio, free_port, serving
 from warngate.settings import AdapterSettings
 from warngate.store import Store
 from warngate.store.schema import (

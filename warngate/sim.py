@@ -102,7 +102,7 @@ class _SimAdapter(BaseAdapter):
         low, high = bounds
         return low + (high - low) * _fraction(self.options.seed, "delay", *parts)
 
-    async def send(self, message: Outbound) -> SendResult:
+    async def _send(self, message: Outbound) -> SendResult:
         sink = self.receipts
         if sink is None:
             raise RuntimeError(f"adapter {self.name} used before start()")
@@ -154,7 +154,7 @@ class SimSpeakerAdapter(_SimAdapter):
     unreached_status = "failed"
     ack_via = "speaker"
 
-    async def send(self, message: Outbound) -> SendResult:
+    async def _send(self, message: Outbound) -> SendResult:
         if message.kind == "cancel":
             return SendResult(provider_ref=str(message.delivery_id), delivered=True)
         sink = self.receipts

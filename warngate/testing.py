@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from warngate.adapter import ProviderEvent
+from aiohttp import web
+
+from warngate.adapter import AdapterConfig, ProviderEvent
 
 
 @dataclass
@@ -104,3 +109,36 @@ class ManualClock:
             if not entry[1].done():
                 entry[1].set_result(None)
         return len(due)
+
+
+def adapter_config(type: str, channel: str, *, name: str | None = None, concurrency: int = 20,
+                   **options: Any) -> AdapterConfig:
+    """An adapter's entry as the configuration would hold it (``name`` defaults to the
+    channel), for constructing an adapter in a test without a configuration file."""
+    from warngate.settings import AdapterSettings  # the real model: its validation included
+
+    return AdapterSettings(name=name or channel, type=type, channel=channel,
+                           concurrency=concurrency, options=options)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for a server whose URL must be known first)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, port: int = 0) -> AsyncIterator[str]:
+    """Serve ``app`` on 127.0.0.1:``port`` (its cleanup contexts run); yields its base URL.
+
+    ``port=0`` takes a free one; pass ``free_port()`` when the URL must be known before.
+    """
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

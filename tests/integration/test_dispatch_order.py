@@ -36,9 +36,9 @@ class InOrder(SimSmsAdapter):
         super().__init__(settings)
         self.order: list[int] = []
 
-    async def send(self, message: Outbound) -> SendResult:
+    async def _send(self, message: Outbound) -> SendResult:
         self.order.append(message.delivery_id)
-        return await super().send(message)
+        return await super()._send(message)
 
 
 def warning(level: str) -> NewAlert:

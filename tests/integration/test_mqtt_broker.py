@@ -20,8 +20,10 @@ from warngate_mqtt import MqttSpeakerAdapter
 from warngate_mqtt.connection import BrokerAddress, Link, LinkConfig, PublishRefused
 from warngate_mqtt.payloads import command_for
 from warngate_mqtt.speaker_sim import Behaviour, SpeakerSimulator
+from warngate_mqtt.testing import default_acl
+from warngate_mqtt.testing import throwaway_mosquitto as packaged_mosquitto
 
-from tests.mosquitto import GATEWAY_USER, Mosquitto, free_port, throwaway_mosquitto
+from tests.mosquitto import CONFIG, GATEWAY_USER, Mosquitto, free_port, throwaway_mosquitto
 from warngate.adapter import AuthError, Outbound, TransientError
 from warngate.settings import AdapterSettings
 from warngate.testing import RecordingSink
@@ -314,3 +316,20 @@ async def _until(check: Any, within: float = 30.0, every: float = 0.01) -> None:
             if check():
                 return
             await asyncio.sleep(every)
+
+
+# -- the broker helper shipped in warngate_mqtt.testing ----------------------------------------
+
+def test_the_packaged_acl_is_the_shipped_one() -> None:
+    # A third party's tests get this ACL without the repository's config directory.
+    shipped = (CONFIG / "acl").read_text(encoding="utf-8")
+    rules = [line.split() for line in shipped.splitlines() if line and not line.startswith("#")]
+    assert [line.split() for line in default_acl().splitlines() if line] == rules
+
+
+async def test_a_packaged_broker_without_the_repository_config(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with packaged_mosquitto(users(["spk-a"])) as broker, \
+            speakers(broker, ["spk-a"]), gateway(broker, monkeypatch) as (adapter, sink):
+        await adapter.send(warning(1, "spk-a"))
+        await sink.wait_for(lambda s: 1 in played(s))

@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 from sqlalchemy import func, select
+from warngate_twilio.testing import FakeTwilio, free_port, serving, twilio_options
 
 from tests.gateway_run import GatewayRun
 from tests.smallcounty import write_small_county
-from tests.twilio_fake import FakeTwilio, free_port, serving, twilio_options
 from warngate.alerts import record_rejection
 from warngate.policy import Policy
 from warngate.service import load_adapters

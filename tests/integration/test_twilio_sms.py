@@ -7,12 +7,21 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from warngate_twilio import TwilioSmsAdapter
+from warngate_twilio.testing import AdapterRig, FakeTwilio, adapter_rig, free_port, twilio_options
 
-from tests.twilio_fake import AdapterRig, FakeTwilio, adapter_rig, free_port, twilio_options
-from warngate.adapter import AuthError, Outbound, PermanentError, ProviderEvent, TransientError
+from warngate.adapter import (
+    AuthError,
+    Outbound,
+    PermanentError,
+    ProviderEvent,
+    TransientError,
+    load_adapter,
+)
 from warngate.settings import AdapterSettings
+from warngate.testing import RecordingSink
 
 TO = "+8617000000010"
 LINK = "http://yj.test/ack/2a-k7x9q2mz4d"
@@ -128,6 +137,33 @@ async def test_unreachable_api_is_transient(fake: FakeTwilio,
     async with make_rig(fake, monkeypatch, api_base_url=f"http://127.0.0.1:{free_port()}") as rig:
         with pytest.raises(TransientError, match="not reachable"):
             await rig.adapter.send(warning())
+
+
+async def test_runs_on_the_gateways_shared_session_and_leaves_it_open(
+        fake: FakeTwilio, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", fake.auth_token)
+    requests: list[str] = []
+
+    async def seen(_: aiohttp.ClientSession, __: Any, params: aiohttp.TraceRequestStartParams,
+                   ) -> None:
+        requests.append(params.url.path)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(seen)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as shared:
+        settings = AdapterSettings(name="sms", type="twilio-sms", channel="sms",
+                                   options=twilio_options(fake))
+        # As the gateway builds it: shared resources by name, taken by the classes naming them.
+        adapter = load_adapter(settings, http_session=shared, public_url="http://gw.test",
+                               unrelated="ignored")
+        await adapter.start(RecordingSink())
+        try:
+            await adapter.send(warning())
+        finally:
+            await adapter.stop()
+        assert requests == [f"/2010-04-01/Accounts/{fake.account_sid}/Messages.json"]
+        assert not shared.closed  # the gateway's to close, after every adapter stopped
+    assert fake.counts["messages"] == 1
 
 
 @pytest.mark.parametrize(("code", "words"), [(21211, "invalid 'To' number"),

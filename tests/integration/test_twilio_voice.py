@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from warngate_twilio import TwilioVoiceAdapter
+from warngate_twilio.testing import AdapterRig, FakeTwilio, adapter_rig, twilio_options
 
-from tests.twilio_fake import AdapterRig, FakeTwilio, adapter_rig, twilio_options
 from warngate.adapter import Outbound, PermanentError, ProviderEvent
 from warngate.settings import AdapterSettings
 

@@ -26,6 +26,7 @@ from warngate.adapter import (
     load_adapter,
 )
 from warngate.settings import AdapterSettings
+from warngate.testing import RecordingSink
 
 SID = "AC" + "1" * 32
 
@@ -165,8 +166,12 @@ def test_overlong_call_text_is_cut_to_twilio_limit(token: str) -> None:
 
 async def test_expired_warning_is_not_sent(token: str) -> None:
     adapter = TwilioSmsAdapter(sms_settings(), public_url="http://x")
-    with pytest.raises(PermanentError, match="expired"):
-        await adapter.send(outbound(channel="sms", expires=time.time() - 1))
+    await adapter.start(RecordingSink())  # send() refuses an adapter not started
+    try:
+        with pytest.raises(PermanentError, match="expired"):
+            await adapter.send(outbound(channel="sms", expires=time.time() - 1))
+    finally:
+        await adapter.stop()
 
 
 def test_retry_after_forms() -> None:

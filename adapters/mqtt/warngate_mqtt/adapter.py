@@ -16,10 +16,11 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from typing import ClassVar
 
 from warngate.adapter import (
+    AdapterConfig,
     AuthError,
     BaseAdapter,
     Outbound,
@@ -27,9 +28,8 @@ from warngate.adapter import (
     ReceiptSink,
     SendResult,
     TransientError,
+    parse_options,
 )
-from warngate.adapter_options import parse_options
-from warngate.settings import AdapterSettings
 from warngate.waiting import cancel_and_wait, wait_set
 from warngate_mqtt.connection import (
     BrokerAddress,
@@ -56,7 +56,7 @@ class MqttSpeakerAdapter(BaseAdapter):
 
     channels: ClassVar[tuple[str, ...]] = ("speaker",)
 
-    def __init__(self, settings: AdapterSettings) -> None:
+    def __init__(self, settings: AdapterConfig) -> None:
         super().__init__(settings)
         self.options: MqttOptions = parse_options(MqttOptions, settings)
         o = self.options
@@ -80,8 +80,8 @@ class MqttSpeakerAdapter(BaseAdapter):
             ),
             on_message=self._on_message,
         )
-        #: commands, acks, statuses, malformed, wrong_speaker, unexpected_topic, no_ack
-        self.counts: Counter[str] = Counter()
+        # Beside send's own counts: commands, acks, statuses, malformed, wrong_speaker,
+        # unexpected_topic, no_ack.
         # Commands not answered at all yet: delivery id → (send number, speaker), and their
         # deadlines in the order the broker took them (so the first is always the oldest).
         self._awaiting: dict[int, tuple[int, str]] = {}
@@ -109,20 +109,19 @@ class MqttSpeakerAdapter(BaseAdapter):
                         self.name, self.link.config.broker, self.link.last_error)
 
     async def stop(self) -> None:
+        await super().stop()
         await cancel_and_wait(self._tasks)
         self._tasks = []
         self.link.close()
 
     def metrics(self) -> dict[str, int]:
-        """Counters for the metrics endpoint: commands, acks, statuses, malformed,
+        """Counters for the metrics endpoint: send's, commands, acks, statuses, malformed,
         wrong_speaker, unexpected_topic, no_ack, and the broker connections made."""
-        return {**self.counts, "connections": self.link.connections}
+        return {**super().metrics(), "connections": self.link.connections}
 
     # -- sending ----------------------------------------------------------------------------
 
-    async def send(self, message: Outbound) -> SendResult:
-        if self.receipts is None:
-            raise RuntimeError(f"adapter {self.name} used before start()")
+    async def _send(self, message: Outbound) -> SendResult:
         speaker_id = message.address
         if speaker_id not in self._valid_ids:
             try:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from warngate.adapter import AdapterConfigError
-from warngate.adapter_options import read_secret
+from warngate.adapter import AdapterConfigError, read_secret
 from warngate.durations import Duration
 from warngate_mqtt.topics import DEFAULT_PREFIX, TopicError, check_prefix
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import Counter
 from typing import Any, ClassVar, Generic, TypeVar
 
+import aiohttp
 from aiohttp import web
 from twilio.rest import Client
 
-from warngate.adapter import AdapterConfigError, BaseAdapter, ReceiptSink
-from warngate.adapter_options import parse_options
-from warngate.settings import AdapterSettings
+from warngate.adapter import (
+    AdapterConfig,
+    AdapterConfigError,
+    BaseAdapter,
+    ReceiptSink,
+    parse_options,
+)
 from warngate_twilio.options import _Options, webhook_base
 from warngate_twilio.rest import BaseUrlHttpClient, make_client
 from warngate_twilio.webhooks import RecordRejection, WebhookGuard
@@ -27,13 +31,14 @@ class TwilioAdapter(BaseAdapter, Generic[Opts]):
     """Base of the Twilio adapters; subclasses set ``options_model`` and their routes."""
 
     #: Shared resources the gateway hands to adapter classes (see ``warngate.adapter``).
-    context_keys: ClassVar[tuple[str, ...]] = ("public_url", "record_rejection")
+    context_keys: ClassVar[tuple[str, ...]] = ("http_session", "public_url", "record_rejection")
     options_model: ClassVar[type[_Options]]
 
     def __init__(
         self,
-        settings: AdapterSettings,
+        settings: AdapterConfig,
         *,
+        http_session: aiohttp.ClientSession | None = None,
         public_url: str | None = None,
         record_rejection: RecordRejection | None = None,
     ) -> None:
@@ -58,15 +63,13 @@ class TwilioAdapter(BaseAdapter, Generic[Opts]):
             record_rejection=record_rejection,
             dedupe_window=self.options.dedupe_window,
         )
-        #: Requests made, segments sent, outcomes... for metrics and the benchmark.
-        self.counts: Counter[str] = Counter()
+        self._http_session = http_session
         self._client: Client | None = None
         self._http: BaseUrlHttpClient | None = None
 
     # -- life -------------------------------------------------------------------------------
 
     async def start(self, receipts: ReceiptSink) -> None:
-        await super().start(receipts)
         self._client, self._http = make_client(
             account_sid=self.options.account_sid,
             auth_token=self._auth_token.get_secret_value(),
@@ -74,9 +77,12 @@ class TwilioAdapter(BaseAdapter, Generic[Opts]):
             base_url=str(self.options.api_base_url),
             timeout=self.options.request_timeout,
             max_connections=self.settings.concurrency,
+            session=self._http_session,
         )
+        await super().start(receipts)
 
     async def stop(self) -> None:
+        await super().stop()
         if self._http is not None:
             await self._http.close()
         self._client = self._http = None
@@ -115,7 +121,8 @@ class TwilioAdapter(BaseAdapter, Generic[Opts]):
         return int(raw)
 
     def metrics(self) -> dict[str, int]:
-        """Counters of sending and webhooks (``webhook_*``) for the metrics endpoint."""
-        out = dict(self.counts)
+        """Counters of sending (``send``'s, plus ``requests`` and ``segments``) and of webhooks
+        (``webhook_*``) for the metrics endpoint."""
+        out = super().metrics()
         out.update({f"webhook_{k}": v for k, v in self.guard.counts.items()})
         return out

@@ -20,8 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from warngate.adapter import AdapterConfigError
-from warngate.adapter_options import read_secret
+from warngate.adapter import AdapterConfigError, read_secret
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 

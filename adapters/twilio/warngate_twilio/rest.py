@@ -1,11 +1,17 @@
-"""The REST side: the official ``twilio`` client on our own aiohttp session and base URL.
+"""The REST side: the official ``twilio`` client on an aiohttp session and base URL we choose.
 
 ``AsyncTwilioHttpClient`` is the library's documented extension point (a custom
-``http_client``). Ours does three things the stock one does not: sends every request to
+``http_client``). Ours does four things the stock one does not: sends every request to
 ``api_base_url`` (a regional edge, a proxy, or the test fake) instead of the host the
 library computes; keeps ``Retry-After`` and answers 429/5xx/network failures with
-``TransientError`` before the library turns them into a header-less exception; and bounds
-open connections to the lane's concurrency.
+``TransientError`` before the library turns them into a header-less exception; runs on the
+gateway's shared ``aiohttp.ClientSession`` when given one; and otherwise bounds its own
+session's connections to the lane's concurrency.
+
+The stock client's constructor takes no session (it makes its own, or none and one per
+request), but its ``request`` is the only method the library calls, and ours replaces it:
+so the session is simply ours to choose, and a borrowed one is never closed here. On the
+shared session the lane's concurrency still bounds our connections: a send is one request.
 """
 
 from __future__ import annotations
@@ -109,19 +115,26 @@ def _twilio_message(text: str) -> str:
 
 
 class BaseUrlHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # twilio is untyped
-    """The library's async client, aimed at ``base_url`` on one bounded aiohttp session."""
+    """The library's async client, aimed at ``base_url`` on ``session`` (the gateway's shared
+    one, never closed here) or, without one, on a bounded session of its own."""
 
-    def __init__(self, *, base_url: str, timeout: float, max_connections: int) -> None:
+    def __init__(self, *, base_url: str, timeout: float, max_connections: int,
+                 session: aiohttp.ClientSession | None = None) -> None:
         super().__init__(pool_connections=False, timeout=timeout)
         base = urlsplit(base_url.rstrip("/"))
         self._scheme, self._netloc, self._prefix = base.scheme, base.netloc, base.path
         self._auth_header: dict[tuple[str, str], str] = {}
         self._targets: dict[str, yarl.URL] = {}
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections),
-            cookie_jar=aiohttp.DummyCookieJar(),  # the REST API needs none; saves work per call
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        )
+        # Per call, not the session's: a shared session's timeout is not ours to set.
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._owns_session = session is None
+        if session is None:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=max_connections),
+                cookie_jar=aiohttp.DummyCookieJar(),  # the API sets none; saves work per call
+                timeout=self._timeout,
+            )
+        self.session: aiohttp.ClientSession | None = session
 
     def target(self, url: str) -> str:
         """``url`` (an api.twilio.com URL) moved onto the configured base."""
@@ -166,8 +179,8 @@ class BaseUrlHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # twilio 
         if not isinstance(session, aiohttp.ClientSession) or session.closed:
             raise RuntimeError("the Twilio client is closed")
         target = self._target_url(url)
-        # None would mean "no timeout" to aiohttp: keep the session's own then.
-        per_call = aiohttp.ClientTimeout(total=timeout) if timeout else session.timeout
+        # None would mean "no timeout" to aiohttp: keep our configured one then.
+        per_call = aiohttp.ClientTimeout(total=timeout) if timeout else self._timeout
         try:
             async with session.request(
                 method.upper(), target, params=params,  # type: ignore[arg-type]
@@ -188,10 +201,15 @@ class BaseUrlHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # twilio 
         return Response(status, text, resp_headers)
 
     async def close(self) -> None:
-        if isinstance(self.session, aiohttp.ClientSession):
+        if self._owns_session and isinstance(self.session, aiohttp.ClientSession):
             await self.session.close()
             # Let the connector's transports finish closing before the loop might end.
             await asyncio.sleep(0)
+        self.session = None
+
+    async def __aexit__(self, *excinfo: object) -> None:
+        # The library's own would close the session even when it is the gateway's.
+        await self.close()
 
 
 def make_client(
@@ -202,9 +220,11 @@ def make_client(
     base_url: str,
     timeout: float,
     max_connections: int,
+    session: aiohttp.ClientSession | None = None,
 ) -> tuple[Client, BaseUrlHttpClient]:
     """A twilio ``Client`` on our HTTP client; call inside the running event loop."""
-    http = BaseUrlHttpClient(base_url=base_url, timeout=timeout, max_connections=max_connections)
+    http = BaseUrlHttpClient(base_url=base_url, timeout=timeout, max_connections=max_connections,
+                             session=session)
     username, password = api_key if api_key else (account_sid, auth_token)
     client = Client(username=username, password=password, account_sid=account_sid,
                     http_client=http)

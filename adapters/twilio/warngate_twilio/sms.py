@@ -70,7 +70,7 @@ class TwilioSmsAdapter(TwilioAdapter[SmsOptions]):
         primary = lang.split("-")[0].lower()
         return words.get(lang, words.get(primary, words.get("zh", "")))
 
-    async def send(self, message: Outbound) -> SendResult:
+    async def _send(self, message: Outbound) -> SendResult:
         extra: dict[str, Any] = {}
         if message.expires is not None:
             left = message.expires - time.time()
@@ -93,10 +93,7 @@ class TwilioSmsAdapter(TwilioAdapter[SmsOptions]):
                 **extra,
             )
         except (TwilioRestException, TwilioServiceException) as exc:
-            error = classify(exc)
-            self.counts[f"error_{type(error).__name__}"] += 1
-            raise error from None
-        self.counts["sent"] += 1
+            raise classify(exc) from None
         self.counts["segments"] += sms.segments
         log.debug("adapter %s: %s to %s, %d segment(s)", self.name, created.sid,
                   mask(message.address), sms.segments)

@@ -106,7 +106,7 @@ class TwilioVoiceAdapter(TwilioAdapter[VoiceOptions]):
 
     # -- sending ----------------------------------------------------------------------------
 
-    async def send(self, message: Outbound) -> SendResult:
+    async def _send(self, message: Outbound) -> SendResult:
         if message.expires is not None and message.expires <= time.time():
             raise PermanentError("the warning expired before the call")
         xml = self.call_twiml(message)
@@ -121,10 +121,7 @@ class TwilioVoiceAdapter(TwilioAdapter[VoiceOptions]):
                 status_callback_method="POST",
             )
         except (TwilioRestException, TwilioServiceException) as exc:
-            error = classify(exc)
-            self.counts[f"error_{type(error).__name__}"] += 1
-            raise error from None
-        self.counts["sent"] += 1
+            raise classify(exc) from None
         log.debug("adapter %s: call %s to %s", self.name, call.sid, mask(message.address))
         return SendResult(provider_ref=str(call.sid))
 
