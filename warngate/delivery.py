@@ -77,6 +77,7 @@ class Event(StrEnum):
     SEND_RETRY = "send_retry"  # transient failure: again later
     SEND_FAILED = "send_failed"  # permanent failure, or attempts exhausted
     DROPPED = "dropped"  # claimed, but its alert is no longer live: not sent
+    RELEASED = "released"  # claimed, never handed to the provider: the lane stopped
     REQUEUED = "requeued"  # a retry came due
     LEASE_EXPIRED = "lease_expired"  # the process that claimed it died
     RECEIPT_SENT = "receipt_sent"
@@ -101,6 +102,7 @@ TRANSITIONS: Mapping[Event, Transition] = {
     Event.SEND_RETRY: Transition(frozenset({S.SENDING}), S.RETRY),
     Event.SEND_FAILED: Transition(frozenset({S.SENDING}), S.FAILED),
     Event.DROPPED: Transition(frozenset({S.SENDING}), S.CANCELLED),
+    Event.RELEASED: Transition(frozenset({S.SENDING}), S.PLANNED),
     Event.REQUEUED: Transition(frozenset({S.RETRY}), S.PLANNED),
     Event.LEASE_EXPIRED: Transition(frozenset({S.SENDING}), S.PLANNED),
     # A receipt may overtake our own record of the send (callbacks are fast): it moves the

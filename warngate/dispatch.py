@@ -79,7 +79,7 @@ class RateLimiter:
 @dataclass(frozen=True, slots=True)
 class _Result:
     delivery_id: int
-    outcome: str  # sent | delivered | retry | failed | cancelled
+    outcome: str  # sent | delivered | retry | failed | cancelled | released
     provider_ref: str | None = None
     error: str | None = None
     retry_at: float | None = None
@@ -301,7 +301,11 @@ class Lane:
                 self._flushed.clear()
                 await self.flush()
         finally:
-            # Cancelled at shutdown: whatever was sent must still be written down.
+            # Cancelled at shutdown: whatever was sent must still be written down, and what
+            # was claimed but never handed to a worker goes back to the queue at once
+            # (not a lease later, and not counted as an attempt).
+            while not self._queue.empty():
+                self._results.append(_Result(self._queue.get_nowait().delivery_id, "released"))
             await asyncio.shield(self.flush())
 
     async def flush(self) -> None:
@@ -311,6 +315,10 @@ class Lane:
         try:
             async with self.store.write() as conn:
                 await write_results(conn, batch)
+        except asyncio.CancelledError:
+            # Stopped mid-write: rolled back, so keep the batch for the last flush.
+            self._results[:0] = batch
+            raise
         except Exception:
             log.exception("lane %s: could not record %d results; will retry", self.channel,
                           len(batch))
@@ -344,6 +352,7 @@ _OUTCOME_EVENT = {
     "retry": Event.SEND_RETRY,
     "failed": Event.SEND_FAILED,
     "cancelled": Event.DROPPED,
+    "released": Event.RELEASED,
 }
 _BY_ID = deliveries.c.id == p_id()
 _RESULT_MOVES = {
@@ -360,6 +369,8 @@ _RESULT_MOVES = {
     # A responsible person who cannot be reached takes the next step now.
     Event.SEND_FAILED: move(Event.SEND_FAILED, _BY_ID, last_error=p_text("b_error"),
                             lease_until=None, escalate_at=escalate_now_if_waiting()),
+    Event.RELEASED: move(Event.RELEASED, _BY_ID, lease_until=None,
+                         attempts=deliveries.c.attempts - 1),
     # Not sent, nothing more to do for it: no escalation, no repeat.
     Event.DROPPED: move(Event.DROPPED, _BY_ID, last_error=p_text("b_error"),
                         lease_until=None, escalate_at=None),

@@ -178,6 +178,13 @@ class ReceiptWriter:
         statuses, self._statuses = self._statuses, {}
         try:
             retry, offline = await self._write(batch, statuses)
+        except asyncio.CancelledError:
+            # Stopped mid-write: the transaction rolled back, so the batch goes back for
+            # the last flush at shutdown.
+            self._pending[:0] = batch
+            for k, v in statuses.items():
+                self._statuses.setdefault(k, v)
+            raise
         except Exception as exc:
             if _store_unavailable(exc) or (len(batch) <= 1 and not statuses):
                 log.exception("could not record %d receipts; retrying", len(batch))

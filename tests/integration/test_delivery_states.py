@@ -3,16 +3,20 @@ recording (issue 8, items 1, 2 and 5), each written the way the service writes i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
-from warngate.adapter import ProviderEvent
+from warngate.adapter import Outbound, ProviderEvent
 from warngate.delivery import DeliveryState as S
 from warngate.delivery import new_row
-from warngate.dispatch import _Result, requeue_due, write_results
+from warngate.dispatch import Lane, _Result, requeue_due, write_results
 from warngate.receipts import ReceiptWriter
+from warngate.settings import AdapterSettings, DispatchSettings
+from warngate.sim import SimSmsAdapter
 from warngate.store import Store
 from warngate.store.schema import (
     acknowledgements,
@@ -22,6 +26,7 @@ from warngate.store.schema import (
     receipts,
     rejected_inputs,
 )
+from warngate.waiting import cancel_and_wait
 
 
 async def make_alert(store: Store, *, state: str = "active", identifier: str = "a1") -> int:
@@ -194,3 +199,43 @@ async def test_no_acknowledgement_for_a_lifted_warning(store: Store) -> None:
         assert (await states(store, [d]))[d].state == S.DELIVERED
     assert await count(store, acknowledgements) == 0
     assert await count(store, rejected_inputs) == 3
+
+
+async def test_a_flush_cancelled_mid_write_keeps_its_batch(store: Store) -> None:
+    """Shutdown cancels the writer while it waits on the store: the batch it had taken must
+    come back for the last flush, not vanish with the rolled-back transaction."""
+    alert_id = await make_alert(store)
+    [d] = await make_deliveries(store, alert_id, 1, state=S.SENT)
+    writer = ReceiptWriter(store)
+    writer.receipt(delivery_id=d, status="delivered")
+    async with store.write() as conn:  # another writer holds the row (SQLite: the store)
+        await conn.execute(select(deliveries.c.id).where(deliveries.c.id == d)
+                           .with_for_update())
+        task = asyncio.create_task(writer.flush())
+        await asyncio.sleep(0.3)
+        assert not task.done()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await writer.flush()
+    assert (await states(store, [d]))[d].state == S.DELIVERED
+    assert await count(store, receipts) == 1
+
+
+async def test_a_stopping_lane_hands_back_what_it_never_sent(store: Store) -> None:
+    alert_id = await make_alert(store)
+    ids = await make_deliveries(store, alert_id, 3)
+    settings = AdapterSettings(name="sms", type="sim-sms", channel="sms")
+    lane = Lane(store, SimSmsAdapter(settings), settings, DispatchSettings(),
+                ack_url=lambda d: f"/ack/{d}")
+    # Claimed (as claim_batch would), queued, never handed to a worker.
+    for did in ids:
+        lane._queue.put_nowait(Outbound(delivery_id=did, alert_id=alert_id, kind="alert",
+                                        channel="sms", address="+8617000000001", level="red",
+                                        headline="h", text="t"))
+    flusher = asyncio.create_task(lane._flush_loop())
+    await asyncio.sleep(0.1)
+    await cancel_and_wait([flusher])
+    got = await states(store, ids)
+    assert {r.state for r in got.values()} == {S.PLANNED}
+    assert {r.attempts for r in got.values()} == {0}
