@@ -1,222 +1,416 @@
 """叫应: whoever must acknowledge and has not, by the policy's deadline, gets the next step.
 
 A delivery that needs an acknowledgement carries ``escalate_at``: when its next policy step
-is due. The sweep (an APScheduler job, safe in every process because each fired row is
-claimed by clearing its ``escalate_at`` in the same transaction that adds the next step)
-only ever adds deliveries. A failed delivery (unreachable number, unanswered call) has its
-``escalate_at`` pulled forward to the moment it failed.
+is due. A failed delivery (unreachable number, unanswered call) has its ``escalate_at``
+pulled forward to the moment it failed.
+
+A sweep works on sets, like planning, never a row at a time. Per chunk of overdue
+deliveries (oldest first) one transaction takes their deadlines (``escalate_at`` becomes
+NULL, so each is taken once) and adds the next step for all of them with one
+``INSERT ... SELECT``: the policy's steps are a small table joined on (level, role, step),
+the supervisor chain is joined from ``contacts``.
+
+* PostgreSQL: one statement, ``WITH claimed AS (UPDATE ... WHERE id IN (SELECT ... FOR
+  UPDATE SKIP LOCKED) RETURNING ...) INSERT ... SELECT ... FROM claimed``, so several
+  gateways sweep side by side, each row's deadline taken by one of them, and each claimed
+  row written once.
+* SQLite (one writer at a time): the ``INSERT ... SELECT`` reads the chunk, then an
+  ``UPDATE`` takes the same chunk; rows added in between are outside it (``id <= max``).
+
+The sweep only ever adds deliveries.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, insert, literal_column, or_, select, update
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Float,
+    FromClause,
+    Integer,
+    Select,
+    String,
+    Update,
+    and_,
+    case,
+    exists,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import Insert
 
 from warngate.planning import priority_of
-from warngate.policy import Policy
+from warngate.policy import LEVELS, ROLE_PRIORITY, Policy
 from warngate.store import Store
 from warngate.store.schema import alerts, contacts, deliveries, speakers
 
 log = logging.getLogger(__name__)
 
 _LIVE = ("dispatching", "active")
+#: Overdue deliveries per transaction: 100,000 overdue people take ten, and a sweep's row
+#: locks and its rollback after a crash stay small.
+CHUNK = 10_000
 
 
-async def escalate_due(store: Store, policy: Policy, *, limit: int = 2000) -> int:
-    """Take the next step for every un-acknowledged delivery past its time; return how many."""
-    now = time.time()
-    async with store.write() as conn:
-        due = await _claim_due(
-            conn, store, now, limit,
-            (deliveries.c.contact_id, deliveries.c.on_behalf_of, deliveries.c.role,
-             deliveries.c.grid_code),
-            deliveries.c.acked_at.is_(None), deliveries.c.role != "speaker",
-        )
-        new_rows: list[dict[str, Any]] = []
-        for d in due:
-            if d.alert_state in _LIVE:
-                row = await _next_step(conn, policy, d, now)
-                if row is not None:
-                    new_rows.append(row)
-        if new_rows:
-            await conn.execute(insert(deliveries), new_rows)
-    if new_rows:
-        log.info("escalated %d un-acknowledged deliveries", len(new_rows))
-    return len(new_rows)
+def delivery_rows(values: Mapping[str, Any]) -> Select[Any]:
+    """New delivery rows as a ``SELECT`` of columns named like those of ``deliveries``.
+
+    ``values`` maps column names to SQL expressions, or to Python values, which become
+    literals of the column's own type (PostgreSQL types an untyped parameter in a ``CASE``
+    or ``UNION`` as text). Every row starts planned. Add FROM and WHERE to the result.
+    """
+    merged = {"kind": "alert", "state": "planned", "village_rank": 0, **values}
+    return select(*(
+        (v if isinstance(v, ColumnElement) else literal(v, deliveries.c[k].type)).label(k)
+        for k, v in merged.items()
+    ))
 
 
-async def repeat_speakers(store: Store, policy: Policy, *, limit: int = 2000) -> int:
+def insert_rows(rows: FromClause, *where: ColumnElement[bool]) -> Insert:
+    """``INSERT INTO deliveries ... SELECT`` the columns of ``rows`` that deliveries has."""
+    names = [c.name for c in rows.c if c.name in deliveries.c]
+    return deliveries.insert().from_select(
+        names, select(*(rows.c[n] for n in names)).where(*where))
+
+
+def new_deliveries(
+    values: Mapping[str, Any], shape: Callable[[Select[Any]], Select[Any]]
+) -> Insert:
+    """``INSERT INTO deliveries (...) SELECT ...`` of ``delivery_rows(values)``; ``shape``
+    adds FROM and WHERE."""
+    return insert_rows(shape(delivery_rows(values)).subquery("new_rows"))
+
+
+def _table(name: str, rows: list[dict[str, ColumnElement[Any]]]) -> FromClause | None:
+    """A few constant rows as a table (``SELECT ... UNION ALL SELECT ...``): SQLite has no
+    ``VALUES ... AS t (columns)``."""
+    if not rows:
+        return None
+    selects = [select(*(v.label(k) for k, v in row.items())) for row in rows]
+    return (selects[0] if len(selects) == 1 else union_all(*selects)).subquery(name)
+
+
+def _priority(level: ColumnElement[Any], role: ColumnElement[Any]) -> ColumnElement[int]:
+    """``priority_of(level, role)`` in SQL, for a role known only in the database."""
+    known = [(and_(level == lv, role == r), literal(priority_of(lv, r), Integer))
+             for lv in LEVELS for r in ROLE_PRIORITY]
+    # A role outside ROLE_PRIORITY (county_duty, ...) takes priority_of's default.
+    other = case(*((level == lv, literal(priority_of(lv, ""), Integer)) for lv in LEVELS))
+    return case(*known, else_=other)
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """A chunk of overdue deliveries: ``rows`` to select the next steps from, and on SQLite
+    the ``UPDATE`` that takes their deadlines once those steps are added."""
+
+    rows: FromClause
+    take: Update | None
+
+
+async def _claim(
+    conn: AsyncConnection, store: Store, now: float, limit: int,
+    conditions: Sequence[ColumnElement[bool]], columns: Sequence[ColumnElement[Any]],
+    new_deadline: ColumnElement[Any] | None = None,
+) -> _Claim:
+    """Up to ``limit`` deliveries past their ``escalate_at``, oldest first, with their
+    alert's ``level``, ``state`` and ``expires``; taking them sets ``escalate_at`` to
+    ``new_deadline`` (an expression over ``deliveries`` and ``alerts``; NULL if None)."""
+    due = select(deliveries.c.id).where(deliveries.c.escalate_at <= now, *conditions)
+    if store.is_postgres:
+        due = (due.order_by(deliveries.c.escalate_at).limit(limit)
+               .with_for_update(skip_locked=True))
+    else:
+        # Two statements read the chunk: the same rows, in the same order (rowid breaks
+        # ties, free in SQLite's index), and none that the first one adds.
+        last = (await conn.execute(select(func.max(deliveries.c.id)))).scalar_one()
+        due = (due.where(deliveries.c.id <= (last or 0))
+               .order_by(deliveries.c.escalate_at, deliveries.c.id).limit(limit))
+    take = (
+        update(deliveries)
+        .where(deliveries.c.id.in_(due), alerts.c.id == deliveries.c.alert_id)
+        .values(escalate_at=new_deadline)
+    )
+    alert_columns = (alerts.c.level, alerts.c.state.label("alert_state"), alerts.c.expires)
+    if store.is_postgres:
+        return _Claim(take.returning(*columns, *alert_columns).cte("claimed"), None)
+    rows = (select(*columns, *alert_columns)
+            .join_from(deliveries, alerts, alerts.c.id == deliveries.c.alert_id)
+            .where(deliveries.c.id.in_(due)).subquery("claimed"))
+    return _Claim(rows, take)
+
+
+def _steps(policy: Policy) -> FromClause | None:
+    """The policy's escalation steps as a table: (level, role, n, to_supervisor, channel,
+    next_in); step ``n`` is taken by a delivery at step ``n``, ``next_in`` is how long after
+    it the following step is due (NULL after the last)."""
+    rows: list[dict[str, ColumnElement[Any]]] = []
+    for level, lp in policy.levels.items():
+        for role, rp in lp.roles.items():
+            for n, step in enumerate(rp.escalation):
+                following = rp.escalation[n + 1] if n + 1 < len(rp.escalation) else None
+                rows.append({
+                    "level": literal(level, String), "role": literal(role, String),
+                    "n": literal(n, Integer),
+                    "to_supervisor": literal(step.to == "supervisor", Boolean),
+                    "channel": literal(step.channel, String),
+                    "next_in": literal(following.after - step.after if following else None,
+                                       Float),
+                })
+    return _table("steps", rows)
+
+
+_ESCALATING = (deliveries.c.id, deliveries.c.alert_id, deliveries.c.contact_id,
+               deliveries.c.on_behalf_of, deliveries.c.role, deliveries.c.step,
+               deliveries.c.township_code, deliveries.c.village_code, deliveries.c.grid_code)
+
+
+async def escalate_due(
+    store: Store, policy: Policy, *, limit: int = CHUNK, now: float | None = None
+) -> int:
+    """Take the next step for every un-acknowledged delivery past its time; return how many.
+
+    Works through everything overdue at ``now``, ``limit`` deliveries per transaction.
+    """
+    now = time.time() if now is None else now
+    steps = _steps(policy)
+    added = skipped = 0
+    while True:
+        async with store.write() as conn:
+            claim = await _claim(conn, store, now, limit, (
+                deliveries.c.acked_at.is_(None), deliveries.c.role != "speaker"), _ESCALATING)
+            if steps is None:
+                claimed, n_added, n_skipped = await _apply(conn, claim, None, None)
+            else:
+                rows = _next_steps(claim.rows, steps, now, shared=store.is_postgres)
+                reachable = select(*(c for c in rows.c if c.name in deliveries.c),
+                                   (_priority(rows.c.level, rows.c.role) - 1).label("priority")
+                                   ).where(~rows.c.unreachable).subquery("reachable")
+                claimed, n_added, n_skipped = await _apply(
+                    conn, claim, insert_rows(reachable),
+                    select(func.count()).select_from(rows).where(rows.c.unreachable))
+            added, skipped = added + n_added, skipped + n_skipped
+        if claimed < limit:
+            break
+    if skipped:
+        log.warning("%d people did not answer and have no supervisor to call", skipped)
+    if added:
+        log.info("escalated %d un-acknowledged deliveries", added)
+    return added
+
+
+async def _apply(
+    conn: AsyncConnection, claim: _Claim, add: Insert | None, count: Select[Any] | None
+) -> tuple[int, int, int]:
+    """Take the claimed deliveries, adding ``add``'s rows: (claimed, added, ``count``)."""
+    if claim.take is None:
+        # PostgreSQL: the claim is a data-modifying CTE; all in one statement, which writes
+        # each claimed row once.
+        inserted = add.returning(deliveries.c.id).cte("inserted") if add is not None else None
+        counts = (await conn.execute(select(
+            select(func.count()).select_from(claim.rows).scalar_subquery(),
+            select(func.count()).select_from(inserted).scalar_subquery()
+            if inserted is not None else literal(0, Integer),
+            count.scalar_subquery() if count is not None else literal(0, Integer),
+        ))).one()
+        return int(counts[0]), int(counts[1]), int(counts[2])
+    claimed = int((await conn.execute(select(func.count()).select_from(claim.rows))
+                   ).scalar_one())
+    added = extra = 0
+    if claimed and add is not None:
+        added = max((await conn.execute(add)).rowcount, 0)
+    if claimed and count is not None:
+        extra = int((await conn.execute(count)).scalar_one())
+    if claimed:
+        await conn.execute(claim.take)
+    return claimed, added, extra
+
+
+def _next_steps(d: FromClause, steps: FromClause, now: float, *, shared: bool) -> FromClause:
+    """The next step of every claimed delivery in ``d`` (all but its priority), with
+    ``level`` and ``unreachable``: it would call a supervisor the person does not have.
+
+    ``shared``: as a CTE, for one statement that reads it twice (on SQLite a statement
+    starting with ``WITH`` reports no row count, so there it is a subquery).
+
+    The person is who must answer: the recipient, or whom a supervisor was called for.
+    Their role's policy decides every step, also those that call their supervisor.
+    """
+    person = contacts.alias("person")
+    supervisor = contacts.alias("supervisor")
+    person_id = func.coalesce(d.c.on_behalf_of, d.c.contact_id)
+    person_role = case((d.c.on_behalf_of.is_(None), d.c.role),
+                       else_=func.coalesce(person.c.role, d.c.role))
+    to_supervisor = steps.c.to_supervisor
+    role = case((to_supervisor, supervisor.c.role), else_=person_role)
+    rows = (
+        delivery_rows({
+            "alert_id": d.c.alert_id,
+            "contact_id": case((to_supervisor, supervisor.c.id), else_=person_id),
+            "on_behalf_of": case((to_supervisor, person_id), else_=None),
+            "role": role,
+            "channel": steps.c.channel,
+            "step": d.c.step + 1,
+            "due_at": now,
+            "ack_required": True,
+            "escalate_at": literal(now, Float) + steps.c.next_in,
+            "township_code": d.c.township_code,
+            "village_code": d.c.village_code,
+            "grid_code": d.c.grid_code,
+            "created_at": now,
+        })
+        .add_columns(d.c.level,
+                     and_(to_supervisor, supervisor.c.id.is_(None)).label("unreachable"))
+        .select_from(
+            d.outerjoin(person, person.c.id == person_id)
+            .join(steps, and_(steps.c.level == d.c.level, steps.c.role == person_role,
+                              steps.c.n == d.c.step))
+            .outerjoin(supervisor, supervisor.c.id == person.c.supervisor_id))
+        .where(d.c.alert_state.in_(_LIVE))
+    )
+    return rows.cte("next_steps") if shared else rows.subquery("next_steps")
+
+
+_REPEATING = (deliveries.c.id, deliveries.c.alert_id, deliveries.c.speaker_id,
+              deliveries.c.step, deliveries.c.priority, deliveries.c.created_at,
+              deliveries.c.township_code, deliveries.c.village_code)
+
+
+def _repeat_every(policy: Policy, level: ColumnElement[Any]) -> ColumnElement[Any]:
+    whens = [(level == lv, literal(lp.speakers.repeat_every, Float))
+             for lv, lp in policy.levels.items() if lp.speakers.repeat_every]
+    return case(*whens, else_=literal(None, Float)) if whens else literal(None, Float)
+
+
+def _repeats(policy: Policy, level: ColumnElement[Any], state: ColumnElement[Any],
+             expires: ColumnElement[Any], now: float) -> ColumnElement[bool]:
+    """The alert is still sounding on speakers."""
+    return and_(state.in_(_LIVE), _repeat_every(policy, level).is_not(None),
+                or_(expires.is_(None), expires > now))
+
+
+async def repeat_speakers(
+    store: Store, policy: Policy, *, limit: int = CHUNK, now: float | None = None
+) -> int:
     """Sound live warnings again on their speakers at the policy's ``repeat_every``.
 
     A speaker delivery's ``escalate_at`` is its next repeat; the repeat is a new delivery
     (the next step) carrying the one after. A cancelled, superseded or expired alert stops
     repeating; its cancel sends ``stop``.
     """
-    now = time.time()
+    now = time.time() if now is None else now
+    # A failed play pulled escalate_at forward: repeat on schedule, not in a loop.
+    on_schedule = deliveries.c.created_at + _repeat_every(policy, alerts.c.level)
+    later = case((and_(_repeats(policy, alerts.c.level, alerts.c.state, alerts.c.expires, now),
+                       on_schedule > now), on_schedule), else_=None)
+    added = 0
+    while True:
+        async with store.write() as conn:
+            claim = await _claim(conn, store, now, limit, (deliveries.c.role == "speaker",),
+                                 _REPEATING, later)
+            d = claim.rows
+            every = _repeat_every(policy, d.c.level)
+            repeat = insert_rows(
+                delivery_rows({
+                    "alert_id": d.c.alert_id, "speaker_id": d.c.speaker_id,
+                    "role": "speaker", "channel": "speaker", "step": d.c.step + 1,
+                    "priority": d.c.priority, "due_at": now, "ack_required": False,
+                    "escalate_at": literal(now, Float) + every,
+                    "township_code": d.c.township_code, "village_code": d.c.village_code,
+                    "created_at": now,
+                })
+                .select_from(d)
+                .where(_repeats(policy, d.c.level, d.c.alert_state, d.c.expires, now),
+                       d.c.created_at + every <= now)
+                .subquery("repeats")
+            )
+            claimed, n_added, _ = await _apply(conn, claim, repeat, None)
+            added += n_added
+        if claimed < limit:
+            break
+    return added
+
+
+async def speaker_fallback(
+    store: Store, policy: Policy, speaker_id: str, *, now: float | None = None
+) -> int:
+    """An offline speaker's village gets its fallback now (e.g. call the village head).
+
+    One fallback delivery per live alert and person, ever: the rows carry
+    ``fallback_for_speaker``, which no receipt or failure overwrites, so a flapping speaker
+    or a fallback call that failed adds nothing more.
+    """
+    now = time.time() if now is None else now
+    fallback = _table("fallback", [
+        {"level": literal(level, String), "role": literal(lp.speakers.fallback_role, String),
+         "channel": literal(lp.speakers.fallback_channel, String),
+         "priority": literal(priority_of(level, lp.speakers.fallback_role) - 1, Integer)}
+        for level, lp in policy.levels.items() if lp.speakers.fallback_role
+    ])
+    if fallback is None:
+        return 0
     async with store.write() as conn:
-        due = await _claim_due(
-            conn, store, now, limit,
-            (deliveries.c.speaker_id, deliveries.c.priority, deliveries.c.created_at,
-             alerts.c.expires),
-            deliveries.c.role == "speaker",
-        )
-        new_rows: list[dict[str, Any]] = []
-        later: list[tuple[int, float]] = []
-        for d in due:
-            every = policy.levels[d.level].speakers.repeat_every
-            if d.alert_state not in _LIVE or not every or (d.expires and d.expires <= now):
-                continue
-            if now < d.created_at + every:
-                # A failed play pulls escalate_at forward; repeat on schedule, not in a loop.
-                later.append((d.id, d.created_at + every))
-                continue
-            new_rows.append({
-                "alert_id": d.alert_id, "kind": "alert", "speaker_id": d.speaker_id,
-                "role": "speaker", "channel": "speaker", "step": d.step + 1,
-                "state": "planned", "priority": d.priority, "village_rank": 0,
-                "due_at": now, "ack_required": False, "escalate_at": now + every,
-                "township_code": d.township_code, "village_code": d.village_code,
-                "created_at": now,
-            })
-        for delivery_id, at in later:
-            await conn.execute(update(deliveries).where(deliveries.c.id == delivery_id)
-                               .values(escalate_at=at))
-        if new_rows:
-            await conn.execute(insert(deliveries), new_rows)
-    return len(new_rows)
-
-
-async def _claim_due(
-    conn: AsyncConnection, store: Store, now: float, limit: int,
-    columns: Sequence[ColumnElement[Any]], *conditions: ColumnElement[bool],
-) -> Sequence[Any]:
-    """Deliveries whose ``escalate_at`` has passed, oldest first, with their alert's level
-    and state; their ``escalate_at`` is cleared so each is taken once (and on PostgreSQL
-    another gateway's sweep skips the rows this one holds)."""
-    q = (
-        select(deliveries.c.id, deliveries.c.alert_id, deliveries.c.step,
-               deliveries.c.township_code, deliveries.c.village_code, *columns,
-               alerts.c.level, alerts.c.state.label("alert_state"))
-        .join(alerts, alerts.c.id == deliveries.c.alert_id)
-        .where(deliveries.c.escalate_at <= now, *conditions)
-        .order_by(deliveries.c.escalate_at)
-        .limit(limit)
-    )
-    if store.is_postgres:
-        q = q.with_for_update(of=deliveries, skip_locked=True)
-    due = (await conn.execute(q)).all()
-    if due:
-        await conn.execute(update(deliveries).where(deliveries.c.id.in_([d.id for d in due]))
-                           .values(escalate_at=None))
-    return due
-
-
-async def _next_step(
-    conn: AsyncConnection, policy: Policy, d: Any, now: float
-) -> dict[str, Any] | None:
-    person = d.on_behalf_of if d.on_behalf_of is not None else d.contact_id
-    person_role = d.role
-    if d.on_behalf_of is not None:
-        person_role = (
-            await conn.execute(select(contacts.c.role).where(contacts.c.id == person))
-        ).scalar_one_or_none() or d.role
-    rp = policy.levels[d.level].roles.get(person_role)
-    if rp is None or d.step >= len(rp.escalation):
-        return None
-    step = rp.escalation[d.step]
-    following = rp.escalation[d.step + 1] if d.step + 1 < len(rp.escalation) else None
-    recipient, on_behalf_of, role = person, None, person_role
-    if step.to == "supervisor":
-        supervisor = (
-            await conn.execute(select(contacts.c.supervisor_id, contacts.c.id)
-                               .where(contacts.c.id == person))
-        ).first()
-        if supervisor is None or supervisor.supervisor_id is None:
-            log.warning("contact %s did not answer and has no supervisor to call", person)
-            return None
-        recipient, on_behalf_of = supervisor.supervisor_id, person
-        role = (
-            await conn.execute(select(contacts.c.role).where(contacts.c.id == recipient))
-        ).scalar_one()
-    return {
-        "alert_id": d.alert_id, "kind": "alert", "contact_id": recipient,
-        "on_behalf_of": on_behalf_of, "role": role, "channel": step.channel,
-        "step": d.step + 1, "state": "planned", "priority": priority_of(d.level, role) - 1,
-        "village_rank": 0, "due_at": now, "ack_required": True,
-        "escalate_at": now + (following.after - step.after) if following else None,
-        "township_code": d.township_code, "village_code": d.village_code,
-        "grid_code": d.grid_code, "created_at": now,
-    }
-
-
-async def speaker_fallback(store: Store, policy: Policy, speaker_id: str) -> int:
-    """An offline speaker's village gets its fallback now (e.g. call the village head)."""
-    now = time.time()
-    async with store.write() as conn:
-        q = select(speakers).where(speakers.c.id == speaker_id)
+        q = select(speakers.c.village_code).where(speakers.c.id == speaker_id)
         if store.is_postgres:
             # The status listener and every gateway's sweep may ask at once: holding the
             # speaker's row makes the next one see these rows and add nothing.
             q = q.with_for_update()
-        sp = (await conn.execute(q)).one_or_none()
-        if sp is None:
+        found = (await conn.execute(q)).one_or_none()
+        if found is None:
             return 0
         open_alerts = (
-            await conn.execute(
-                select(deliveries.c.alert_id, alerts.c.level)
-                .join(alerts, alerts.c.id == deliveries.c.alert_id)
-                .where(
-                    deliveries.c.speaker_id == speaker_id,
-                    deliveries.c.kind != "cancel",
-                    alerts.c.state.in_(_LIVE),
-                    # A speaker that reported "failed" (amplifier fault) counts too.
-                    deliveries.c.state.in_(("planned", "retry", "sending", "sent", "failed")),
-                )
-                .distinct()
+            select(deliveries.c.alert_id, alerts.c.level)
+            .join(alerts, alerts.c.id == deliveries.c.alert_id)
+            .where(
+                deliveries.c.speaker_id == speaker_id,
+                deliveries.c.kind != "cancel",
+                alerts.c.state.in_(_LIVE),
+                # A speaker that reported "failed" (amplifier fault) counts too.
+                deliveries.c.state.in_(("planned", "retry", "sending", "sent", "failed")),
             )
-        ).all()
-        rows: list[dict[str, Any]] = []
-        for alert_id, level in open_alerts:
-            fb = policy.levels[level].speakers
-            if not fb.fallback_role:
-                continue
-            already = select(deliveries.c.contact_id).where(
-                deliveries.c.alert_id == alert_id,
-                deliveries.c.channel == fb.fallback_channel,
-                deliveries.c.role == fb.fallback_role,
-                deliveries.c.step == 0,
-                deliveries.c.last_error == literal_column("'speaker offline fallback'"),
-            )
-            people = (
-                await conn.execute(
-                    select(contacts.c.id, contacts.c.township_code, contacts.c.village_code,
-                           contacts.c.grid_code)
-                    .where(contacts.c.role == fb.fallback_role,
-                           contacts.c.village_code == sp.village_code,
-                           contacts.c.id.not_in(already))
-                )
-            ).all()
-            for p in people:
-                rows.append({
-                    "alert_id": alert_id, "kind": "alert", "contact_id": p.id,
-                    "role": fb.fallback_role, "channel": fb.fallback_channel, "step": 0,
-                    "state": "planned", "priority": priority_of(level, fb.fallback_role) - 1,
-                    "village_rank": 0, "due_at": now, "ack_required": True,
-                    "township_code": p.township_code, "village_code": p.village_code,
-                    "grid_code": p.grid_code, "created_at": now,
-                    # Marks why this row exists, so a flapping speaker adds it once.
-                    "last_error": "speaker offline fallback",
-                })
-        if rows:
-            await conn.execute(insert(deliveries), rows)
-    if rows:
-        log.warning("speaker %s offline: %d fallback deliveries", speaker_id, len(rows))
-    return len(rows)
+            .distinct()
+            .subquery("open_alerts")
+        )
+        earlier = deliveries.alias("earlier")
+        already = exists().where(
+            earlier.c.alert_id == open_alerts.c.alert_id,
+            earlier.c.contact_id == contacts.c.id,
+            earlier.c.role == fallback.c.role,
+            earlier.c.channel == fallback.c.channel,
+            # Rows from before the column existed say '?' (migration 0007).
+            earlier.c.fallback_for_speaker.is_not(None),
+        )
+        res = await conn.execute(new_deliveries(
+            {
+                "alert_id": open_alerts.c.alert_id, "contact_id": contacts.c.id,
+                "role": fallback.c.role, "channel": fallback.c.channel, "step": 0,
+                "priority": fallback.c.priority, "due_at": now, "ack_required": True,
+                "township_code": contacts.c.township_code,
+                "village_code": contacts.c.village_code, "grid_code": contacts.c.grid_code,
+                "created_at": now, "fallback_for_speaker": speaker_id,
+            },
+            lambda q: q.select_from(
+                open_alerts.join(fallback, fallback.c.level == open_alerts.c.level)
+                .join(contacts, and_(contacts.c.role == fallback.c.role,
+                                     contacts.c.village_code == found.village_code)))
+            .where(~already),
+        ))
+        added = max(res.rowcount, 0)
+    if added:
+        log.warning("speaker %s offline: %d fallback deliveries", speaker_id, added)
+    return added
 
 
 async def speakers_needing_fallback(store: Store) -> list[str]:

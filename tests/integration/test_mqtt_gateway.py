@@ -162,7 +162,7 @@ async def test_offline_speaker_gets_its_village_head_called_at_once(
         run.sim.power_cut(silent)
         fallback = (select(deliveries.c.village_code, deliveries.c.role, deliveries.c.channel,
                            deliveries.c.state)
-                    .where(deliveries.c.last_error == "speaker offline fallback"))
+                    .where(deliveries.c.fallback_for_speaker.is_not(None)))
         rows = await run.until(fallback, lambda rows: bool(rows) and all(
             r.state != "planned" for r in rows))
         online = dict(await run.rows(select(speakers.c.id, speakers.c.online)))
@@ -181,7 +181,7 @@ async def test_speaker_that_never_answers_also_gets_the_fallback(
                        ack_timeout=0.5) as run:
         await run.warn()
         fallback = (select(deliveries.c.village_code)
-                    .where(deliveries.c.last_error == "speaker offline fallback"))
+                    .where(deliveries.c.fallback_for_speaker.is_not(None)))
         rows = await run.until(fallback, bool)
         said = await run.until(
             select(receipts.c.status, receipts.c.detail, deliveries.c.state)

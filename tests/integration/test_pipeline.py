@@ -229,7 +229,7 @@ async def test_speaker_known_offline_gets_the_village_fallback_at_once(store: St
             level="red", event="暴雨", headline="暴雨红色预警", areas=[T1]))
         await gw.alerts.approve(ADMIN, accepted.alert_id)
         q = (select(deliveries.c.village_code, deliveries.c.role, deliveries.c.channel)
-             .where(deliveries.c.last_error == "speaker offline fallback"))
+             .where(deliveries.c.fallback_for_speaker.is_not(None)))
         rows = await wait_until(store, q, lambda rows: len(rows) >= 1, within=20)
     # Only the offline speaker's village head is called, once.
     assert [(r.village_code, r.role, r.channel) for r in rows] == [
@@ -261,7 +261,7 @@ async def test_concurrent_fallbacks_for_one_speaker_call_the_village_head_once(
     async with store.read() as conn:
         rows = (await conn.execute(
             select(deliveries.c.village_code, deliveries.c.role)
-            .where(deliveries.c.last_error == "speaker offline fallback"))).all()
+            .where(deliveries.c.fallback_for_speaker.is_not(None)))).all()
     assert [tuple(r) for r in rows] == [(f"{T1}001", "village_head")]
     assert sorted(added) == [0] * 7 + [1]
 
