@@ -26,7 +26,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 log = logging.getLogger(__name__)
 
-MessageKind = Literal["alert", "update", "cancel"]
+MessageKind = Literal["alert", "update", "cancel", "nobody"]
 
 
 @dataclass(frozen=True, slots=True)

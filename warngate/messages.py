@@ -53,9 +53,18 @@ class AlertText:
 
 
 def render(alert: AlertText, kind: str, lang: str) -> tuple[str, str]:
-    """Return (headline, body) for one message of ``kind`` (alert | update | cancel)."""
+    """Return (headline, body) for one message of ``kind`` (alert | update | cancel |
+    nobody: the alarm to the duty officers that a warning matched nobody)."""
     alert = alert.for_lang(lang)
     english = lang.lower().startswith("en")
+    if kind == "nobody":
+        if english:
+            return (f"NOT SENT: {alert.headline}",
+                    "This warning matched no recipient in the registry and went to nobody. "
+                    "Check its area codes and warn the area by other means now.")
+        return (f"【无人可达】{alert.headline}",
+                "该预警按所列区域未匹配到任何接收人，未能发出。"
+                "请立即核查区域代码，并通过其他途径通知相关区域。")
     if kind == "cancel":
         if english:
             return f"LIFTED: {alert.headline}", "This warning has been lifted."

@@ -34,6 +34,11 @@ async def _database_gauges(conn: AsyncConnection) -> list[str]:
         select(alerts.c.state, func.count()).group_by(alerts.c.state)
     ):
         out.append(_line("warngate_alerts", n, state=state))
+    unreached = (await conn.execute(
+        select(func.count()).select_from(alerts).where(alerts.c.no_recipients.is_(True))))
+    out += ["# HELP warngate_alerts_unreached Alerts that matched no recipient at all.",
+            "# TYPE warngate_alerts_unreached gauge",
+            _line("warngate_alerts_unreached", unreached.scalar_one())]
     rejected = (await conn.execute(select(func.count()).select_from(rejected_inputs)))
     out += ["# HELP warngate_rejected_inputs Inputs refused and kept with a reason.",
             "# TYPE warngate_rejected_inputs gauge",

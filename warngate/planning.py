@@ -275,6 +275,7 @@ class Planner:
             values["state"] = "active"
             if alert.planned_count + added == 0:
                 values["no_recipients"] = True
+                await self._unreached_alarm(conn, alert, now)
         # Claim this step of the plan: a second process planning the same alert finds the
         # cursor moved, and its transaction rolls back.
         moved = await conn.execute(
@@ -330,6 +331,33 @@ class Planner:
             ))
             added += max(res.rowcount, 0)
         return added
+
+    async def _unreached_alarm(self, conn: AsyncConnection, alert: Any, now: float) -> None:
+        """A warning that matched nobody is never silent: a WARNING, and the policy's duty
+        officers of the alert's county (of every county, when its codes name none we
+        know) are told at once."""
+        log.warning("alert %s (%s) matched no recipient: areas %s; telling %s",
+                    alert.id, alert.headline, alert.areas, list(self.policy.unreached.roles))
+        un = self.policy.unreached
+        if not un.roles:
+            return
+        counties = sorted({str(a)[:6] for a in alert.areas if str(a)[:6].isdigit()})
+        known = (await conn.execute(
+            select(func.count()).select_from(contacts)
+            .where(contacts.c.role.in_(un.roles), contacts.c.region_code.in_(counties))
+        )).scalar_one()
+        where: ColumnElement[bool] = contacts.c.role.in_(un.roles)
+        if known:
+            where = and_(where, contacts.c.region_code.in_(counties))
+        for channel in un.channels:
+            await conn.execute(plan_insert(
+                {"alert_id": alert.id, "kind": "nobody", "contact_id": contacts.c.id,
+                 "role": contacts.c.role, "channel": channel, "priority": 0, "due_at": now,
+                 "township_code": contacts.c.township_code,
+                 "village_code": contacts.c.village_code, "grid_code": contacts.c.grid_code,
+                 "created_at": now},
+                lambda sel: sel.where(where),
+            ))
 
     async def _plan_households(
         self, conn: AsyncConnection, alert: Any, targets: Targets, now: float

@@ -20,6 +20,7 @@ LEVEL_RANK: dict[str, int] = {name: i for i, name in enumerate(LEVELS)}
 ROLES: tuple[str, ...] = ("township_duty", "village_head", "grid_worker", "household")
 #: Responsible people are reached before households; lower is earlier.
 ROLE_PRIORITY: dict[str, int] = {
+    "county_duty": 0,
     "township_duty": 0,
     "village_head": 1,
     "grid_worker": 2,
@@ -76,9 +77,18 @@ class DrillPolicy(_Frozen):
     roles: tuple[str, ...] = ("township_duty",)
 
 
+class UnreachedPolicy(_Frozen):
+    """Who is told, and how, when a warning matches nobody in the registry (wrong region
+    codes, an empty village): a warning that reaches nobody must never be silent."""
+
+    roles: tuple[str, ...] = ("county_duty",)
+    channels: tuple[str, ...] = ("sms",)
+
+
 class Policy(_Frozen):
     levels: dict[str, LevelPolicy]
     drills: DrillPolicy = DrillPolicy()
+    unreached: UnreachedPolicy = UnreachedPolicy()
 
     @model_validator(mode="after")
     def _known_levels(self) -> Policy:
@@ -94,7 +104,7 @@ class Policy(_Frozen):
         return self
 
     def channels_used(self) -> set[str]:
-        used: set[str] = set()
+        used: set[str] = set(self.unreached.channels) if self.unreached.roles else set()
         for lp in self.levels.values():
             for rp in lp.roles.values():
                 used.update(rp.channels)

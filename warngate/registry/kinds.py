@@ -13,7 +13,7 @@ LEVELS: tuple[str, ...] = ("county", "township", "village", "grid")
 
 #: Contact roles: the county's duty officer (who township duty officers escalate to), then
 #: every person role the policy knows ("speaker" is a device, not a contact).
-ROLES: tuple[str, ...] = ("county_duty", *(r for r in ROLE_PRIORITY if r != "speaker"))
+ROLES: tuple[str, ...] = tuple(r for r in ROLE_PRIORITY if r != "speaker")
 
 #: Where each role lives. The planner finds people by the township/village/grid codes of
 #: their region, so a township duty officer registered at a village would never be reached
