@@ -226,15 +226,9 @@ async def _apply(
             count.scalar_subquery() if count is not None else literal(0, Integer),
         ))).one()
         return int(counts[0]), int(counts[1]), int(counts[2])
-    claimed = int((await conn.execute(select(func.count()).select_from(claim.rows))
-                   ).scalar_one())
-    added = extra = 0
-    if claimed and add is not None:
-        added = max((await conn.execute(add)).rowcount, 0)
-    if claimed and count is not None:
-        extra = int((await conn.execute(count)).scalar_one())
-    if claimed:
-        await conn.execute(claim.take)
+    added = max((await conn.execute(add)).rowcount, 0) if add is not None else 0
+    extra = int((await conn.execute(count)).scalar_one()) if count is not None else 0
+    claimed = max((await conn.execute(claim.take)).rowcount, 0)
     return claimed, added, extra
 
 
