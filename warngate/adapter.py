@@ -196,6 +196,14 @@ class BaseAdapter:
         self.counts: Counter[str] = Counter()
         self._started = False
         self._bugs_logged: set[type[BaseException]] = set()
+        #: The gateway's one HTTP client session (connection pool, DNS cache), handed over
+        #: before ``start`` by ``use_http_session``; an adapter run on its own makes its own.
+        self.http_session: aiohttp.ClientSession | None = None
+
+    def use_http_session(self, session: aiohttp.ClientSession) -> None:
+        """Take the gateway's shared session, unless one was given at construction."""
+        if self.http_session is None:
+            self.http_session = session
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -11,10 +11,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from warngate.acktoken import load_or_create_key, make_token
-from warngate.adapter import Adapter, AdapterConfigError, load_adapter
+from warngate.adapter import Adapter, AdapterConfigError, BaseAdapter, load_adapter
 from warngate.alerts import AlertService
 from warngate.clock import Clock, SystemClock
 from warngate.dispatch import Dispatcher, Lane
@@ -169,7 +170,14 @@ class Gateway:
             stack.push_async_callback(self._last_flush)
             # The writer outlives the adapters, so what they report while stopping is kept.
             core = [self._spawn(stack, "receipts", self.receipts.run)]
+            # One HTTP session for every adapter, closed after the last of them stopped.
+            # No connection cap of its own: each lane's concurrency is the cap.
+            http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                         cookie_jar=aiohttp.DummyCookieJar())
+            stack.push_async_callback(http.close)
             for adapter in self.adapters:
+                if isinstance(adapter, BaseAdapter):
+                    adapter.use_http_session(http)
                 await adapter.start(self.receipts)
                 stack.push_async_callback(self._stop_adapter, adapter)
             core.append(self._spawn(stack, "planner", self.planner.run))

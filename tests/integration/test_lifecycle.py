@@ -245,3 +245,15 @@ async def test_serve_exits_0_on_sigterm(store: Store) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
     async with asyncio.timeout(30):
         assert await serving == 0
+
+
+async def test_adapters_share_one_http_session_closed_after_they_stop(store: Store) -> None:
+    from warngate.sim import SimSmsAdapter, SimVoiceAdapter
+
+    sms = SimSmsAdapter(AdapterSettings(name="first", type="sim-sms", channel="sms"))
+    voice = SimVoiceAdapter(AdapterSettings(name="second", type="sim-voice", channel="voice"))
+    async with Gateway(settings(store), POLICY, store, [sms, voice]):
+        session = sms.http_session
+        assert isinstance(session, aiohttp.ClientSession) and not session.closed
+        assert voice.http_session is session
+    assert session.closed

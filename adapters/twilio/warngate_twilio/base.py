@@ -63,7 +63,7 @@ class TwilioAdapter(BaseAdapter, Generic[Opts]):
             record_rejection=record_rejection,
             dedupe_window=self.options.dedupe_window,
         )
-        self._http_session = http_session
+        self.http_session = http_session
         self._client: Client | None = None
         self._http: BaseUrlHttpClient | None = None
 
@@ -77,7 +77,7 @@ class TwilioAdapter(BaseAdapter, Generic[Opts]):
             base_url=str(self.options.api_base_url),
             timeout=self.options.request_timeout,
             max_connections=self.settings.concurrency,
-            session=self._http_session,
+            session=self.http_session,
         )
         await super().start(receipts)
 
