@@ -393,16 +393,14 @@ async def _existing(conn: AsyncConnection, ids: set[int]) -> dict[int, Any]:
             )
             .join(alerts, alerts.c.id == deliveries.c.alert_id)
             .where(deliveries.c.id.in_(part))
-            # A cancel that commits while this batch is written must not see an
-            # acknowledgement of the warning it just lifted: hold the alerts (PostgreSQL;
-            # SQLite writers are serial anyway).
-            .with_for_update(of=alerts, read=True)
         ):
             found[row.id] = row
     return found
 
 
 _BY_ID = deliveries.c.id == p_id()
+_ALERT_LIVE = deliveries.c.alert_id.in_(
+    select(alerts.c.id).where(alerts.c.state.in_(sorted(_LIVE_ALERT))).scalar_subquery())
 #: Provider word's delivery state → the move it makes.
 _RECEIPT_MOVES = {
     "sent": move(Event.RECEIPT_SENT, _BY_ID),
@@ -451,8 +449,11 @@ async def _write_acks(
          "speaker_id": row.speaker_id, "via": d["via"], "detail": d["detail"], "at": d["at"]}
         for d, row in firsts])
     await conn.execute(
-        # A speaker's escalate_at is its next repeat, which "played" does not end.
-        move(Event.ACK, _BY_ID, acked_at=p_float("b_at"), lease_until=None,
+        # A speaker's escalate_at is its next repeat, which "played" does not end. The
+        # alert's state is read again by the statement itself: a cancel that committed
+        # after this batch was read still wins (no lock held on the alert, which planning
+        # and accepting alerts would wait for).
+        move(Event.ACK, _BY_ID, _ALERT_LIVE, acked_at=p_float("b_at"), lease_until=None,
              escalate_at=case((deliveries.c.role == "speaker", deliveries.c.escalate_at),
                               else_=literal(None, Float()))),
         [{"b_id": row.id, "b_at": d["at"]} for d, row in firsts])
