@@ -259,7 +259,8 @@ async def receipts(request: web.Request) -> web.Response:
     offset = _query_int(request, "offset", 0, lo=0, hi=2**31)
     store = request.app[GATEWAY].store
     if not state:
-        return ok(await board.receipts_snapshot(store, row.id, township=township))
+        return web.Response(body=await board.receipts_json(store, row.id, township=township),
+                            content_type="application/json", charset="utf-8")
     async with store.board() as conn:
         people = await board.receipts_people(conn, row.id, township=township, state=state,
                                              limit=limit, offset=offset)
