@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, String, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from warngate.phone import mask
@@ -150,8 +150,16 @@ async def receipts_people(
     state: str | None,
     limit: int = 200,
     offset: int = 0,
+    after: tuple[str, str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """The people (and speakers) in one state, with masked numbers, newest step last."""
+    """The people (and speakers) in one state, with masked numbers, newest step last.
+
+    Ordered by township, village (a missing code first on both backends), delivery id;
+    ``after`` is the :func:`people_cursor` of the last row of the previous page (keyset
+    paging, which ``offset`` is kept beside for older clients).
+    """
+    town = func.coalesce(deliveries.c.township_code, "")
+    village = func.coalesce(deliveries.c.village_code, "")
     q = (
         select(
             deliveries.c.id, deliveries.c.contact_id, deliveries.c.speaker_id,
@@ -163,10 +171,14 @@ async def receipts_people(
         )
         .select_from(deliveries.outerjoin(contacts, contacts.c.id == deliveries.c.contact_id))
         .where(deliveries.c.alert_id == alert_id, deliveries.c.kind != "cancel")
-        .order_by(deliveries.c.township_code, deliveries.c.village_code, deliveries.c.id)
+        .order_by(town, village, deliveries.c.id)
         .limit(limit)
         .offset(offset)
     )
+    if after is not None:
+        q = q.where(tuple_(town, village, deliveries.c.id)
+                    > tuple_(literal(after[0], String), literal(after[1], String),
+                             literal(after[2], BigInteger)))
     if township:
         q = q.where(deliveries.c.township_code == township)
     if state == "unacknowledged":
@@ -186,6 +198,11 @@ async def receipts_people(
         }
         for r in await conn.execute(q)
     ]
+
+
+def people_cursor(person: dict[str, Any]) -> tuple[str, str, int]:
+    """Where a page of :func:`receipts_people` ending with ``person`` stops."""
+    return (person["township"] or "", person["village"] or "", int(person["delivery_id"]))
 
 
 async def alert_progress(conn: AsyncConnection, alert_id: int) -> dict[str, dict[str, int]]:

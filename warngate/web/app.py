@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
 
-from warngate import board
+from warngate import alertviews, board
+from warngate.access import Action, may, require
 from warngate.acklinks import AckLinks
 from warngate.adapter import Adapter
-from warngate.alerts import Actor, AlertError, CancelRequest, ComposeRequest, record_rejection
+from warngate.alerts import (
+    Actor,
+    AlertError,
+    CancelRequest,
+    ComposeRequest,
+    NewAlert,
+    record_rejection,
+)
 from warngate.feeds import health as feed_health
 from warngate.metrics import render_metrics
 from warngate.policy import Policy
 from warngate.service import Gateway, load_adapters, running_gateway
 from warngate.settings import Settings
-from warngate.store.schema import ALERT_STATES, DELIVERY_STATES, alerts
+from warngate.store.schema import ALERT_STATES, DELIVERY_STATES
 from warngate.web import ack
 from warngate.web.auth import TokenBook
 
@@ -30,6 +40,8 @@ log = logging.getLogger(__name__)
 GATEWAY = web.AppKey("gateway", Gateway)
 TOKENS = web.AppKey("tokens", TokenBook)
 ACTOR = web.RequestKey("actor", Actor)
+#: Set once a request's refusal is kept, so the middleware does not keep it twice.
+_KEPT = web.RequestKey("kept", bool)
 _STATIC = Path(__file__).parent / "static"
 _PUBLIC = ("/healthz", "/ack/", "/hooks/", "/static/")
 
@@ -39,6 +51,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _M = TypeVar("_M", bound=BaseModel)
 #: ``?state=`` of the receipts list: a delivery state, or who has not answered / was escalated.
 RECEIPT_STATES = (*DELIVERY_STATES, "unacknowledged", "escalated")
+#: Our JSON bodies are three levels deep; anything far deeper is not one of them, and deep
+#: nesting exhausts Python's stack in the decoder and in validation.
+MAX_JSON_DEPTH = 32
 
 
 def error(status: int, code: str, message: str, detail: Any = None) -> web.Response:
@@ -60,6 +75,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except AlertError as exc:
+        if 400 <= exc.status < 500:
+            await _keep_refusal(request, exc.message)
         return error(exc.status, exc.code, exc.message, exc.detail)
     except web.HTTPRequestEntityTooLarge as exc:
         if request.path.startswith("/api/"):
@@ -92,6 +109,18 @@ def _client_went_away(request: web.Request, exc: Exception) -> bool:
                                                       or transport.is_closing())
 
 
+async def _keep_refusal(request: web.Request, reason: str) -> None:
+    """Every refused POST is kept with its reason, whichever check refused it (a wrong state,
+    a role, a township's scope), unless the handler kept it already."""
+    if request.method != "POST" or not request.path.startswith("/api/") or request.get(_KEPT):
+        return
+    try:
+        body: bytes | None = await request.read()
+    except Exception:  # a body that cannot be read is kept without it
+        body = None
+    await _reject(request, reason, body)
+
+
 async def _keep_failed_input(request: web.Request, exc: Exception) -> None:
     """A body that met a bug is kept like a refused one, so it can be replayed once fixed."""
     if request.method != "POST" or not request.path.startswith(("/api/", "/hooks/")):
@@ -101,6 +130,17 @@ async def _keep_failed_input(request: web.Request, exc: Exception) -> None:
                       await request.read())
     except Exception:  # the store itself may be what failed; the log has the error
         log.exception("could not keep the input of %s %s", request.method, request.path)
+
+
+@web.middleware
+async def query_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A NUL in a query string is refused before any handler: no database stores it in
+    text, and no code, state or number contains one."""
+    for name, value in request.query.items():
+        if "\x00" in name or "\x00" in value:
+            return error(400, "bad_query", "the query contains a NUL character",
+                         {"parameter": name.replace("\x00", "\\x00")})
+    return await handler(request)
 
 
 @web.middleware
@@ -156,19 +196,128 @@ def _query_choice(request: web.Request, name: str, choices: Sequence[str]) -> st
 
 async def _reject(request: web.Request, reason: str, body: bytes | None) -> None:
     """Keep refused input with its reason (nothing refused vanishes)."""
+    request[_KEPT] = True
     await record_rejection(request.app[GATEWAY].store,
                            entry_point=f"{request.method} {request.path}",
                            source=_who(request), reason=reason, body=body,
                            content_type=request.content_type)
 
 
-async def _json_body(request: web.Request) -> tuple[bytes, Any]:
+async def _body(request: web.Request) -> bytes:
+    """The body, decoded from its ``Content-Encoding``.
+
+    The app decodes, not aiohttp (``auto_decompress`` is off): aiohttp refuses a body that is
+    not the gzip it claims with a plain-text 400 before any handler runs, so the refusal
+    would be neither in our shape nor kept. A coding we cannot undo is a 415, a body that is
+    not what its coding says a 400, and one that inflates beyond the size limit a 413; each
+    is kept as it came.
+    """
     body = await request.read()
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding in ("", "identity"):
+        return body
+    limit = request.app[GATEWAY].settings.http.max_body_bytes
+    if coding not in _WBITS:
+        reason = f"unsupported Content-Encoding {coding!r}; send identity, gzip or deflate"
+        await _reject(request, reason, body)
+        raise AlertError(415, "bad_encoding", reason)
     try:
-        return body, json.loads(body.decode("utf-8")) if body else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        decoded = _inflate(body, coding, limit)
+    except (zlib.error, EOFError) as exc:
+        reason = f"body is not valid {coding}: {exc}"
+        await _reject(request, reason, body)
+        raise AlertError(400, "bad_encoding", reason) from None
+    if len(decoded) > limit:
+        await _reject(request, f"body too large: inflates beyond {limit} bytes", body)
+        raise AlertError(413, "too_large", f"request body exceeds {limit} bytes")
+    return decoded
+
+
+#: zlib window bits by coding: gzip, zlib-wrapped deflate (raw deflate is tried as well,
+#: since many clients send that for ``deflate``).
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _inflate(body: bytes, coding: str, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of ``body`` decoded (a small bomb stays small)."""
+    wbits = [_WBITS[coding], *([-zlib.MAX_WBITS] if coding == "deflate" else [])]
+    for i, bits in enumerate(wbits):
+        d = zlib.decompressobj(bits)
+        try:
+            out = d.decompress(body, limit + 1)
+        except zlib.error:
+            if i + 1 < len(wbits):
+                continue
+            raise
+        if len(out) > limit:
+            return out
+        if not d.eof:
+            raise EOFError("the compressed data ends early")
+        if d.unused_data:
+            raise EOFError("data follows the compressed stream")
+        return out
+    raise AssertionError("unreachable")
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _nul_or_depth(data: Any) -> tuple[str, str] | None:
+    """Where ``data`` holds a NUL character, or nests too deep: (problem, field), or None.
+
+    Iterative: the document may be as deep as the decoder allowed.
+    """
+    stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
+    while stack:
+        value, where = stack.pop()
+        if len(where) > MAX_JSON_DEPTH:
+            return "depth", ".".join(where[:MAX_JSON_DEPTH])
+        if isinstance(value, str):
+            if "\x00" in value:
+                return "nul", ".".join(where)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    return "nul", ".".join((*where, key))
+                stack.append((item, (*where, key)))
+        elif isinstance(value, list):
+            stack.extend((item, (*where, str(i))) for i, item in enumerate(value))
+    return None
+
+
+async def _json_body(request: web.Request) -> tuple[bytes, Any]:
+    """The body as JSON: UTF-8, finite numbers, no NUL in any text, at most
+    ``MAX_JSON_DEPTH`` levels deep. Anything else is a 400 with the reason, kept."""
+    body = await _body(request)
+    try:
+        data = (json.loads(body.decode("utf-8"), parse_constant=_no_constants,
+                           parse_float=_finite) if body else {})
+    except RecursionError:
+        reason = f"JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)"
+        await _reject(request, reason, body)
+        raise AlertError(400, "bad_json", reason) from None
+    except (UnicodeDecodeError, ValueError) as exc:
         await _reject(request, f"not JSON: {exc}", body)
         raise AlertError(400, "bad_json", f"body is not UTF-8 JSON: {exc}") from None
+    problem = _nul_or_depth(data)
+    if problem is not None:
+        kind, field = problem
+        shown = field.replace("\x00", "\\x00")
+        code, reason = "bad_json", f"JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)"
+        if kind == "nul":
+            # PostgreSQL cannot store NUL in text, and no warning needs one.
+            code, reason = "nul_character", f"text contains a NUL character in {shown or 'body'}"
+        await _reject(request, reason, body)
+        raise AlertError(400, code, reason, {"field": shown})
+    return body, data
 
 
 async def _validated(request: web.Request, model: type[_M], body: bytes, data: Any, *,
@@ -187,19 +336,29 @@ async def _validated(request: web.Request, model: type[_M], body: bytes, data: A
 
 async def compose(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
+    actor = _actor(request)
     body, data = await _json_body(request)
     req = await _validated(request, ComposeRequest, body, data, noun="alert",
                            message="the alert is not valid")
-    try:
-        accepted = await gw.alerts.compose(_actor(request), req)
-    except AlertError as exc:
-        await _reject(request, exc.message, body)
-        raise
+    require(actor, Action.COMPOSE, areas=req.areas)
+    accepted = await gw.alerts.compose(actor, req)
     return ok(accepted.as_json(), status=201)
 
 
+async def _acted_on(request: web.Request, action: Action) -> int:
+    """The alert of the path, once ``action`` on it is allowed (404 if there is none)."""
+    require(_actor(request), action)
+    alert_id = _alert_id(request)
+    row = await alertviews.find_alert(request.app[GATEWAY].store, alert_id)
+    if row is None:
+        raise AlertError(404, "not_found", f"no alert {alert_id}")
+    require(_actor(request), action, areas=row.areas)
+    return alert_id
+
+
 async def approve(request: web.Request) -> web.Response:
-    accepted = await request.app[GATEWAY].alerts.approve(_actor(request), _alert_id(request))
+    alert_id = await _acted_on(request, Action.APPROVE)
+    accepted = await request.app[GATEWAY].alerts.approve(_actor(request), alert_id)
     return ok(accepted.as_json())
 
 
@@ -207,34 +366,44 @@ async def cancel(request: web.Request) -> web.Response:
     body, data = await _json_body(request)
     req = await _validated(request, CancelRequest, body, data, noun="cancel",
                            message='the body must be {"reason": "..."} or empty')
-    result = await request.app[GATEWAY].alerts.cancel(_actor(request), _alert_id(request),
-                                                      req.reason)
+    alert_id = await _acted_on(request, Action.CANCEL)
+    result = await request.app[GATEWAY].alerts.cancel(_actor(request), alert_id, req.reason)
     return ok(result)
 
 
 def _visible(actor: Actor, row: Any) -> bool:
-    if actor.role == "feed":
-        return False
-    return not actor.township or any(a.startswith(actor.township) for a in row.areas)
+    return bool(may(actor, Action.VIEW, areas=row.areas))
+
+
+def _page_url(request: web.Request, **params: Any) -> str:
+    """This list's URL with ``params`` replaced (``offset`` dropped: the cursor replaces it)."""
+    query = {k: v for k, v in request.query.items() if k not in ("after", "offset")}
+    query.update({k: str(v) for k, v in params.items()})
+    return f"{request.path}?{urlencode(query)}"
 
 
 async def list_alerts(request: web.Request) -> web.Response:
+    """Newest first, ``limit`` at a time; ``next`` is the URL of the following page."""
     actor = _actor(request)
-    q = select(*board.ALERT_COLUMNS).order_by(alerts.c.id.desc()).limit(200)
-    if state := _query_choice(request, "state", ALERT_STATES):
-        q = q.where(alerts.c.state == state)
-    async with request.app[GATEWAY].store.board() as conn:
-        rows = (await conn.execute(q)).all()
-    return ok({"alerts": [board.alert_json(r) for r in rows if _visible(actor, r)]})
+    require(actor, Action.VIEW)
+    state = _query_choice(request, "state", ALERT_STATES)
+    limit = _query_int(request, "limit", 200, lo=1, hi=1000)
+    after = (_query_int(request, "after", 0, lo=1, hi=2**63 - 1)
+             if "after" in request.query else None)
+    page = await alertviews.alert_page(request.app[GATEWAY].store, state=state, after=after,
+                                       limit=limit, visible=lambda r: _visible(actor, r))
+    return ok({"alerts": [board.alert_json(r) for r in page.rows],
+               "next": None if page.next_after is None
+               else _page_url(request, after=page.next_after, limit=limit)})
 
 
 async def _visible_alert(request: web.Request) -> Any:
+    actor = _actor(request)
+    require(actor, Action.VIEW)
     alert_id = _alert_id(request)
-    async with request.app[GATEWAY].store.board() as conn:
-        row = (await conn.execute(
-            select(*board.ALERT_COLUMNS).where(alerts.c.id == alert_id)
-        )).one_or_none()
-    if row is None or not _visible(_actor(request), row):
+    row = await alertviews.find_alert(request.app[GATEWAY].store, alert_id)
+    # Another township's alert is not there for this token (404, not 403: no probing).
+    if row is None or not _visible(actor, row):
         raise AlertError(404, "not_found", f"no alert {alert_id}")
     return row
 
@@ -245,30 +414,68 @@ async def get_alert(request: web.Request) -> web.Response:
     return ok({**board.alert_json(row), "progress": progress})
 
 
+def _people_after(request: web.Request) -> tuple[str, str, int] | None:
+    """``?after=`` of the people list: the ``next_after`` of the previous page."""
+    raw = request.query.get("after")
+    if raw is None:
+        return None
+    town, sep1, rest = raw.partition(":")
+    village, sep2, last = rest.partition(":")
+    try:
+        delivery_id = int(last)
+    except ValueError:
+        delivery_id = 0
+    if not (sep1 and sep2 and 0 < delivery_id < 2**63):
+        raise AlertError(400, "bad_query",
+                         "after must be the next_after of the previous page",
+                         {"parameter": "after", "value": raw})
+    return town, village, delivery_id
+
+
 async def receipts(request: web.Request) -> web.Response:
     row = await _visible_alert(request)
     actor = _actor(request)
     township = request.query.get("township") or None
     if actor.township:
-        if township and township != actor.township:
+        if township and not may(actor, Action.VIEW, areas=[township]):
             raise AlertError(403, "outside_township",
                              f"this token sees township {actor.township} only")
-        township = actor.township
+        township = township or actor.township
     state = _query_choice(request, "state", RECEIPT_STATES)
     limit = _query_int(request, "limit", 200, lo=1, hi=5000)
     offset = _query_int(request, "offset", 0, lo=0, hi=2**31)
+    after = _people_after(request)
     store = request.app[GATEWAY].store
     if not state:
         return web.Response(body=await board.receipts_json(store, row.id, township=township),
                             content_type="application/json", charset="utf-8")
     async with store.board() as conn:
+        # One more than asked tells whether a next page exists.
         people = await board.receipts_people(conn, row.id, township=township, state=state,
-                                             limit=limit, offset=offset)
+                                             limit=limit + 1, offset=offset, after=after)
+    more = len(people) > limit
+    people = people[:limit]
+    next_after = ":".join(map(str, board.people_cursor(people[-1]))) if more else None
     return ok({"alert_id": row.id, "township": township, "state": state,
-               "people": people, "limit": limit, "offset": offset})
+               "people": people, "limit": limit, "offset": offset,
+               "next_after": next_after,
+               "next": None if next_after is None
+               else _page_url(request, after=next_after, limit=limit)})
 
 
 # -- CAP ------------------------------------------------------------------------------------
+
+def _nul_field(new: NewAlert) -> str | None:
+    """A text field of ``new`` holding a NUL character, which no database stores in text."""
+    texts: dict[str, Any] = {
+        "sender": new.sender, "identifier": new.identifier, "sent": new.sent,
+        "event": new.event, "headline": new.headline, "description": new.description,
+        "instruction": new.instruction, "references": new.references or "",
+        "areas": " ".join(new.areas), "raw": new.raw or "",
+        "translations": json.dumps(new.translations or {}, ensure_ascii=False),
+    }
+    return next((name for name, text in texts.items() if "\x00" in text), None)
+
 
 async def cap_push(request: web.Request) -> web.Response:
     from warngate.cap import CapError, parse_cap, verify_signature
@@ -276,19 +483,23 @@ async def cap_push(request: web.Request) -> web.Response:
 
     gw = request.app[GATEWAY]
     actor = _actor(request)
-    if actor.role not in ("feed", "admin"):
-        return error(403, "forbidden", "this token may not submit CAP messages")
-    body = await request.read()
+    require(actor, Action.PUSH_CAP)
+    body = await _body(request)
     try:
         cap = parse_cap(body, max_bytes=gw.settings.http.max_body_bytes)
     except CapError as exc:
         await _reject(request, str(exc), body)
         return error(400, "invalid_cap", str(exc),
                      {"rule": exc.rule, "element": exc.element})
-    if actor.senders and cap.sender not in actor.senders:
-        reason = f"sender {cap.sender!r} is not allowed for token {actor.name!r}"
-        await _reject(request, reason, body)
-        return error(403, "sender_not_allowed", reason)
+    # A feed submits for its own senders only, and an Update or Cancel may only name their
+    # alerts: otherwise one feed's token could lift another bureau's (or a duty officer's)
+    # warning. An alert is found by reference only under the sender the reference names
+    # (warngate.alerts), so checking the named senders checks the referenced alerts'.
+    decision = may(actor, Action.PUSH_CAP,
+                   senders=[cap.sender, *(r.sender for r in cap.references)])
+    if not decision:
+        await _reject(request, decision.reason, body)
+        return error(403, decision.code, decision.reason, decision.detail)
     signature = verify_signature(cap, gw.settings.cap.trusted(cap.sender))
     if signature.outcome == "invalid":
         reason = f"signature-invalid: {signature.detail}"
@@ -297,6 +508,10 @@ async def cap_push(request: web.Request) -> web.Response:
                      {"rule": "signature-invalid", "element": "alert/Signature"})
     new = await cap_to_alert_with_geometry(gw.store, cap, actor=actor.name,
                                            signature=signature)
+    if (field := _nul_field(new)) is not None:
+        reason = f"the message holds a NUL character (in {field}), which cannot be stored"
+        await _reject(request, reason, body)
+        return error(400, "invalid_cap", reason, {"rule": "nul-character", "element": field})
     accepted = await gw.alerts.accept(new, actor=actor.name)
     return ok(accepted.as_json(), status=200 if accepted.duplicate else 202)
 
@@ -307,9 +522,7 @@ async def hydrology_readings(request: web.Request) -> web.Response:
     from warngate.hydrology import ReadingsBody
 
     gw = request.app[GATEWAY]
-    actor = _actor(request)
-    if actor.role not in ("feed", "admin"):
-        return error(403, "forbidden", "this token may not submit gauge readings")
+    require(_actor(request), Action.READINGS)
     body, data = await _json_body(request)
     parsed = await _validated(request, ReadingsBody, body, data, noun="readings",
                               message="the readings are not valid")
@@ -324,12 +537,7 @@ async def hydrology_readings(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    try:
-        async with gw.store.read() as conn:
-            await conn.execute(select(1))
-        db = "ok"
-    except Exception as exc:
-        db = f"error: {type(exc).__name__}"
+    db = await alertviews.database_state(gw.store)
     status = 200 if db == "ok" else 503
     feeds = feed_health(gw.feeds)
     # A feed that is down is reported, but the gateway itself still serves (200).
@@ -339,6 +547,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    require(_actor(request), Action.METRICS)
     return web.Response(text=await render_metrics(request.app[GATEWAY]),
                         content_type="text/plain", charset="utf-8")
 
@@ -380,7 +589,9 @@ def build_app(settings: Settings, policy: Policy,
     """The whole service as one aiohttp application; starting it starts the gateway."""
     app = web.Application(
         client_max_size=settings.http.max_body_bytes,
-        middlewares=[errors_middleware, auth_middleware],
+        # Bodies are decoded by the handlers that read them (_body): see there why.
+        handler_args={"auto_decompress": False},
+        middlewares=[errors_middleware, query_middleware, auth_middleware],
     )
     app[TOKENS] = TokenBook(settings.auth.tokens)
     app.on_response_prepare.append(_security_headers)
