@@ -73,7 +73,7 @@ async def run(url: str, posts: int) -> list[float]:
     settings = Settings(
         database={"url": url},  # type: ignore[arg-type]
         http=HttpSettings(port=0),
-        auth=AuthSettings(tokens=(ApiToken(name="feed", role="feed",
+        auth=AuthSettings(tokens=(ApiToken(name="feed", role="feed", senders=("*",),
                                            token_sha256=hash_token("t")),)),
         adapters=(AdapterSettings(name="sms", type="sim-sms", channel="sms",
                                   rate_per_second=1e6, concurrency=32),),

@@ -46,13 +46,25 @@ class ApiToken(_Frozen):
     token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     #: Township users see and act on this township only.
     township: str | None = None
-    #: Feed tokens: the CAP ``sender`` values this token may submit.
+    #: Feed tokens: the CAP ``sender`` values this token may submit, and whose alerts its
+    #: Updates and Cancels may name; ``["*"]`` for any sender, said explicitly.
     senders: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _township_scope(self) -> ApiToken:
         if self.role == "township" and not self.township:
             raise ValueError(f"token {self.name!r}: role 'township' needs a township code")
+        return self
+
+    @model_validator(mode="after")
+    def _feed_senders(self) -> ApiToken:
+        # An empty list once meant "any sender": a feed's token could then cancel or replace
+        # anyone's warning, a duty officer's included. Any sender must now be asked for.
+        if self.role == "feed" and not self.senders:
+            raise ValueError(
+                f"token {self.name!r}: a feed token needs `senders`, the CAP <sender> values "
+                f'it may submit (and whose alerts it may update or cancel), or senders: ["*"] '
+                f"for any sender")
         return self
 
 
