@@ -30,18 +30,17 @@ from warngate.adapter import (
     SendResult,
     TransientError,
 )
-from warngate.delivery import DeliveryState as S
 from warngate.delivery import (
     Event,
     clean_text,
     escalate_now_if_waiting,
     move,
+    move_selected,
     p_float,
     p_id,
     p_str,
     p_text,
     record,
-    state_is,
 )
 from warngate.messages import AlertText, render
 from warngate.phone import mask
@@ -158,7 +157,6 @@ class Lane:
         due = (
             select(deliveries.c.id)
             .where(
-                state_is(S.PLANNED),
                 deliveries.c.channel == self.channel,
                 deliveries.c.due_at <= now,
             )
@@ -168,8 +166,8 @@ class Lane:
         if self.store.is_postgres:
             due = due.with_for_update(skip_locked=True)
         stmt = (
-            move(
-                Event.CLAIMED, deliveries.c.id.in_(due.scalar_subquery()),
+            move_selected(
+                Event.CLAIMED, due,
                 lease_until=now + self.dispatch.lease, attempts=deliveries.c.attempts + 1,
             )
             .returning(
@@ -384,18 +382,15 @@ async def requeue_due(store: Store) -> int:
     the requeue never deadlocks with the lanes' result writes.
     """
     now = time.time()
-    retry_due = select(deliveries.c.id).where(state_is(S.RETRY), deliveries.c.due_at <= now)
-    lease_over = select(deliveries.c.id).where(state_is(S.SENDING),
-                                               deliveries.c.lease_until < now)
+    retry_due = select(deliveries.c.id).where(deliveries.c.due_at <= now)
+    lease_over = select(deliveries.c.id).where(deliveries.c.lease_until < now)
     if store.is_postgres:
         retry_due = retry_due.order_by(deliveries.c.id).with_for_update(skip_locked=True)
         lease_over = lease_over.order_by(deliveries.c.id).with_for_update(skip_locked=True)
     async with store.write() as conn:
-        a = await conn.execute(
-            move(Event.REQUEUED, deliveries.c.id.in_(retry_due.scalar_subquery())))
-        b = await conn.execute(
-            move(Event.LEASE_EXPIRED, deliveries.c.id.in_(lease_over.scalar_subquery()),
-                 due_at=now, lease_until=None))
+        a = await conn.execute(move_selected(Event.REQUEUED, retry_due))
+        b = await conn.execute(move_selected(Event.LEASE_EXPIRED, lease_over,
+                                             due_at=now, lease_until=None))
     n = max(a.rowcount, 0) + max(b.rowcount, 0)
     if b.rowcount and b.rowcount > 0:
         log.warning("%d deliveries were claimed by a process that stopped; sending again",

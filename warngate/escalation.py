@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,6 @@ from sqlalchemy import (
     exists,
     func,
     literal,
-    literal_column,
     or_,
     select,
     union_all,
@@ -51,6 +50,17 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert
 
+from warngate.delivery import (
+    PENDING,
+    Event,
+    delivery_rows,
+    in_states,
+    insert_rows,
+    move,
+    plan_insert,
+    state_is,
+)
+from warngate.delivery import DeliveryState as S
 from warngate.planning import priority_of
 from warngate.policy import LEVELS, ROLE_PRIORITY, Policy
 from warngate.store import Store
@@ -62,35 +72,6 @@ _LIVE = ("dispatching", "active")
 #: Overdue deliveries per transaction: 100,000 overdue people take ten, and a sweep's row
 #: locks and its rollback after a crash stay small.
 CHUNK = 10_000
-
-
-def delivery_rows(values: Mapping[str, Any]) -> Select[Any]:
-    """New delivery rows as a ``SELECT`` of columns named like those of ``deliveries``.
-
-    ``values`` maps column names to SQL expressions, or to Python values, which become
-    literals of the column's own type (PostgreSQL types an untyped parameter in a ``CASE``
-    or ``UNION`` as text). Every row starts planned. Add FROM and WHERE to the result.
-    """
-    merged = {"kind": "alert", "state": "planned", "village_rank": 0, **values}
-    return select(*(
-        (v if isinstance(v, ColumnElement) else literal(v, deliveries.c[k].type)).label(k)
-        for k, v in merged.items()
-    ))
-
-
-def insert_rows(rows: FromClause, *where: ColumnElement[bool]) -> Insert:
-    """``INSERT INTO deliveries ... SELECT`` the columns of ``rows`` that deliveries has."""
-    names = [c.name for c in rows.c if c.name in deliveries.c]
-    return deliveries.insert().from_select(
-        names, select(*(rows.c[n] for n in names)).where(*where))
-
-
-def new_deliveries(
-    values: Mapping[str, Any], shape: Callable[[Select[Any]], Select[Any]]
-) -> Insert:
-    """``INSERT INTO deliveries (...) SELECT ...`` of ``delivery_rows(values)``; ``shape``
-    adds FROM and WHERE."""
-    return insert_rows(shape(delivery_rows(values)).subquery("new_rows"))
 
 
 def _table(name: str, rows: list[dict[str, ColumnElement[Any]]]) -> FromClause | None:
@@ -372,7 +353,7 @@ async def speaker_fallback(
                 deliveries.c.kind != "cancel",
                 alerts.c.state.in_(_LIVE),
                 # A speaker that reported "failed" (amplifier fault) counts too.
-                deliveries.c.state.in_(("planned", "retry", "sending", "sent", "failed")),
+                in_states(PENDING | {S.SENT, S.FAILED}),
             )
             .distinct()
             .subquery("open_alerts")
@@ -386,7 +367,7 @@ async def speaker_fallback(
             # Rows from before the column existed say '?' (migration 0007).
             earlier.c.fallback_for_speaker.is_not(None),
         )
-        res = await conn.execute(new_deliveries(
+        res = await conn.execute(plan_insert(
             {
                 "alert_id": open_alerts.c.alert_id, "contact_id": contacts.c.id,
                 "role": fallback.c.role, "channel": fallback.c.channel, "step": 0,
@@ -424,9 +405,8 @@ async def speakers_needing_fallback(store: Store) -> list[str]:
                 deliveries.c.kind != "cancel",
                 alerts.c.state.in_(_LIVE),
                 or_(
-                    deliveries.c.state == "failed",
-                    and_(speakers.c.online.is_(False),
-                         deliveries.c.state.in_(("planned", "retry", "sending", "sent"))),
+                    state_is(S.FAILED),
+                    and_(speakers.c.online.is_(False), in_states(PENDING | {S.SENT})),
                 ),
             )
         )
@@ -449,16 +429,10 @@ async def expire_due(store: Store) -> int:
         await conn.execute(
             update(alerts).where(alerts.c.id.in_(ids)).values(state="expired", updated_at=now)
         )
+        await conn.execute(move(Event.EXPIRE, deliveries.c.alert_id.in_(ids),
+                                escalate_at=None))
         await conn.execute(
             update(deliveries)
-            .where(deliveries.c.alert_id.in_(ids),
-                   or_(deliveries.c.state.in_(("planned", "retry")),
-                       and_(deliveries.c.escalate_at.is_not(None))))
-            .values(
-                state=literal_column(
-                    "CASE WHEN state IN ('planned', 'retry') THEN 'expired' ELSE state END"
-                ),
-                escalate_at=None,
-            )
-        )
+            .where(deliveries.c.alert_id.in_(ids), deliveries.c.escalate_at.is_not(None))
+            .values(escalate_at=None))
     return len(ids)

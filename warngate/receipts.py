@@ -380,22 +380,39 @@ async def _resolve_phones(conn: AsyncConnection, acks: Sequence[_Pending]) -> No
 
 
 async def _existing(conn: AsyncConnection, ids: set[int]) -> dict[int, Any]:
-    """The deliveries among ``ids``, with their alert's state."""
+    """The deliveries among ``ids``, with their alert's state (``alert_state``)."""
     found: dict[int, Any] = {}
     id_list = sorted(ids)
     for i in range(0, len(id_list), 900):
         part = id_list[i : i + 900]
+        # By primary key alone, then the few alerts apart: joined in one statement,
+        # PostgreSQL scanned every delivery to hash-join them (seconds per batch).
         for row in await conn.execute(
             select(
                 deliveries.c.id, deliveries.c.alert_id, deliveries.c.contact_id,
                 deliveries.c.on_behalf_of, deliveries.c.speaker_id, deliveries.c.state,
-                deliveries.c.acked_at, alerts.c.state.label("alert_state"),
-            )
-            .join(alerts, alerts.c.id == deliveries.c.alert_id)
-            .where(deliveries.c.id.in_(part))
+                deliveries.c.acked_at,
+            ).where(deliveries.c.id.in_(part))
         ):
             found[row.id] = row
-    return found
+    alert_ids = sorted({row.alert_id for row in found.values()})
+    states = dict((await conn.execute(
+        select(alerts.c.id, alerts.c.state).where(alerts.c.id.in_(alert_ids)))).all()
+    ) if alert_ids else {}
+    return {i: _Known(row, states.get(row.alert_id)) for i, row in found.items()}
+
+
+class _Known:
+    """A delivery row and its alert's state."""
+
+    __slots__ = ("alert_id", "alert_state", "contact_id", "id", "on_behalf_of",
+                 "speaker_id", "state")
+
+    def __init__(self, row: Any, alert_state: str | None) -> None:
+        self.id, self.alert_id, self.contact_id = row.id, row.alert_id, row.contact_id
+        self.on_behalf_of, self.speaker_id, self.state = (
+            row.on_behalf_of, row.speaker_id, row.state)
+        self.alert_state = alert_state
 
 
 _BY_ID = deliveries.c.id == p_id()
