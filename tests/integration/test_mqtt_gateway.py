@@ -129,13 +129,17 @@ async def test_red_warning_sounds_every_speaker_repeats_and_stops_on_cancel(
         played = await run.rows(select(receipts.c.delivery_id, receipts.c.status))
         acked = await run.rows(select(acknowledgements.c.speaker_id, acknowledgements.c.via))
     assert {r.id for r in after if r.kind == "alert"} == plays
+    # A repeat a sweep added while the cancel was committing is dropped by its lane, never
+    # played (PostgreSQL: the sweep read the alert as live a moment before).
+    dropped = {r.id for r in after if (r.kind, r.state) == ("alert", "cancelled")}
     # The first plays and the repeats were acknowledged by "played"; the stops were received.
-    assert {(r.kind, r.state) for r in after} == {("alert", "acknowledged"),
-                                                  ("cancel", "delivered")}
+    assert {(r.kind, r.state) for r in after if r.id not in dropped} == {
+        ("alert", "acknowledged"), ("cancel", "delivered")}
     by_delivery: dict[int, list[str]] = {}
     for r in played:
         by_delivery.setdefault(r.delivery_id, []).append(r.status)
-    for r in after:
+    assert not dropped & set(by_delivery)
+    for r in (r for r in after if r.id not in dropped):
         expected = ["received", "playing", "played"] if r.kind == "alert" else ["received"]
         assert by_delivery[r.id] == expected, r
     assert {(sid, via) for sid, via in acked} == {(sid, "speaker") for sid in ids}
