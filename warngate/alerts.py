@@ -7,6 +7,7 @@ its audit entry together; the planner takes it from there. Every refused input i
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -252,15 +253,19 @@ class AlertService:
 
     # -- accepting from machines ----------------------------------------------------------
 
-    async def accept(self, new: NewAlert, *, actor: str) -> Accepted:
+    async def accept(self, new: NewAlert, *, actor: str,
+                     within: AsyncConnection | None = None) -> Accepted:
         """Accept an alert from a trusted source (CAP feed, hydrology): no approval step.
 
         Idempotent: the same (sender, identifier, sent) again returns the first alert.
         Update supersedes, Cancel cancels, the alerts named in ``references``.
+        ``within``: the caller's open write transaction, which the alert joins (hydrology
+        commits the state that decided an alert with the alert); the caller then commits
+        and calls :meth:`wake`.
         """
         now = time.time()
         try:
-            async with self.store.write() as conn:
+            async with self._transaction(within) as conn:
                 existing = await _find(conn, new.sender, new.identifier, new.sent)
                 if existing is not None:
                     return Accepted(existing.id, existing.state, duplicate=True)
@@ -296,13 +301,24 @@ class AlertService:
                 counts = await estimate_recipients(conn, self.policy, new.level, new.status,
                                                    targets)
         except IntegrityError:
+            if within is not None:
+                raise  # the caller's transaction is spoilt; it decides what to do
             async with self.store.read() as conn:
                 existing = await _find(conn, new.sender, new.identifier, new.sent)
             if existing is None:
                 raise
             return Accepted(existing.id, existing.state, duplicate=True)
-        self._on_accepted()
+        if within is None:
+            self._on_accepted()
         return Accepted(alert_id, "dispatching", counts, unknown_areas=targets.unknown)
+
+    def wake(self) -> None:
+        """Start planning what was accepted ``within`` a transaction, once it committed."""
+        self._on_accepted()
+
+    def _transaction(self, within: AsyncConnection | None
+                     ) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        return self.store.write() if within is None else contextlib.nullcontext(within)
 
 
 def _check_scope(actor: Actor, areas: list[str]) -> None:

@@ -13,20 +13,24 @@ threshold minus the station's hysteresis. A change (up, down, or off) happens on
 
 Readings older than the newest seen for a station are kept but do not drive the state;
 a repeated (station, time) is the same reading. State lives in the database, so a restart
-continues the episode.
+continues the episode. A batch is one transaction (see :class:`Hydrology`), so several
+gateways may share the database and take readings for the same stations.
 """
 
 from __future__ import annotations
 
-import asyncio
+import bisect
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from warngate.alerts import NewAlert
 from warngate.settings import HydroStation
@@ -99,7 +103,15 @@ def step(state: State, want: str | None, confirm: int) -> bool:
 
 
 class Hydrology:
-    """Applies readings; one at a time per process (the state is read-modify-write)."""
+    """Applies batches of readings: each batch is one transaction.
+
+    The stations' state rows are locked first (``SELECT … FOR UPDATE`` in station order on
+    PostgreSQL, so two gateways applying batches of the same stations wait for each other
+    and never deadlock; SQLite has one writer at a time). The readings go in with one
+    statement (a repeated station and time is ignored), each station's new readings are
+    folded in time order, and the alerts they decide are accepted inside the same
+    transaction: the state that decided an alert commits with the alert or not at all.
+    """
 
     def __init__(self, store: Store, alerts: AlertService, stations: tuple[HydroStation, ...],
                  *, confirm: int = 2) -> None:
@@ -107,51 +119,92 @@ class Hydrology:
         self.alerts = alerts
         self.stations = {s.id: s for s in stations}
         self.confirm = confirm
-        self._lock = asyncio.Lock()
 
-    async def apply(self, readings: list[Reading]) -> list[dict[str, Any]]:
-        async with self._lock:
-            return [await self._one(r) for r in sorted(readings, key=lambda r: r.at)]
+    async def apply(self, readings: Sequence[Reading]) -> list[dict[str, Any]]:
+        """Apply one batch; one answer per reading, in the order given."""
+        results: list[dict[str, Any]] = [
+            {"station": r.station, "at": r.at.isoformat()} for r in readings]
+        batch: dict[str, list[tuple[float, int, Reading]]] = {}
+        seen: set[tuple[str, float]] = set()
+        for i, r in enumerate(readings):
+            at = r.at.timestamp()
+            if r.station not in self.stations:
+                results[i]["outcome"] = "unknown_station"
+            elif (r.station, at) in seen:
+                results[i]["outcome"] = "duplicate"
+            else:
+                seen.add((r.station, at))
+                batch.setdefault(r.station, []).append((at, i, r))
+        if not batch:
+            return results
+        changed = False
+        async with self.store.write() as conn:
+            states = await _lock_states(conn, sorted(batch))
+            new = await self._insert(conn, batch)
+            for station_id in sorted(batch):
+                station = self.stations[station_id]
+                state = states[station_id]
+                series = sorted(batch[station_id], key=lambda x: x[0])
+                rises = await self._rises(conn, station, state, series)
+                for at, i, r in series:
+                    if (station_id, at) not in new:
+                        results[i]["outcome"] = "duplicate"
+                        continue
+                    if state.last_at is not None and at < state.last_at:
+                        results[i]["outcome"] = "out_of_order"
+                        continue
+                    rise = rises(at, r.level_m)
+                    want = wanted(station, r.level_m, rise, state.colour)
+                    action = None
+                    if step(state, want, self.confirm):
+                        action = await self._transition(conn, station, state, want, r, rise)
+                        changed = True
+                    state.last_at = at
+                    results[i].update(outcome=action or "recorded", level=state.colour,
+                                      pending=state.pending)
+            await _save_states(conn, {s: states[s] for s in batch})
+        if changed:
+            self.alerts.wake()
+        return results
 
-    async def _one(self, r: Reading) -> dict[str, Any]:
-        out: dict[str, Any] = {"station": r.station, "at": r.at.isoformat()}
-        station = self.stations.get(r.station)
-        if station is None:
-            return {**out, "outcome": "unknown_station"}
-        at = r.at.timestamp()
-        try:
-            async with self.store.write() as conn:
-                await conn.execute(insert(hydro_readings).values(
-                    station=r.station, at=at, level_m=r.level_m, received_at=time.time()))
-        except IntegrityError:
-            return {**out, "outcome": "duplicate"}
-        state = await self._state(r.station)
-        if state.last_at is not None and at < state.last_at:
-            return {**out, "outcome": "out_of_order"}
-        rise = await self._rise(station, at, r.level_m)
-        want = wanted(station, r.level_m, rise, state.colour)
-        action = None
-        if step(state, want, self.confirm):
-            action = await self._transition(station, state, want, r, rise)
-        state.last_at = at
-        await self._save(r.station, state)
-        return {**out, "outcome": action or "recorded", "level": state.colour,
-                "pending": state.pending}
+    async def _insert(self, conn: AsyncConnection,
+                      batch: dict[str, list[tuple[float, int, Reading]]]
+                      ) -> set[tuple[str, float]]:
+        """Insert the readings; returns the (station, time) pairs that were new."""
+        now = time.time()
+        rows = [{"station": station, "at": at, "level_m": r.level_m, "received_at": now}
+                for station, series in batch.items() for at, _, r in series]
+        stmt = _insert_new(conn, hydro_readings).returning(hydro_readings.c.station,
+                                                           hydro_readings.c.at)
+        return {(row.station, row.at) for row in await conn.execute(stmt, rows)}
 
-    async def _rise(self, station: HydroStation, at: float, level: float) -> float | None:
-        if station.rise is None:
-            return None
-        async with self.store.read() as conn:
-            low = (await conn.execute(
-                select(hydro_readings.c.level_m)
-                .where(hydro_readings.c.station == station.id,
-                       hydro_readings.c.at >= at - station.rise.within,
-                       hydro_readings.c.at < at)
-                .order_by(hydro_readings.c.at).limit(1))).scalar_one_or_none()
-        return None if low is None else level - low
+    async def _rises(self, conn: AsyncConnection, station: HydroStation, state: State,
+                     series: list[tuple[float, int, Reading]]
+                     ) -> Callable[[float, float], float | None]:
+        """For the rate-of-rise rule: the rise of a reading over the earliest reading of the
+        station within ``rise.within`` before it (stored ones and this batch's alike)."""
+        rule = station.rise
+        driving = [at for at, _, _ in series if state.last_at is None or at >= state.last_at]
+        if rule is None or not driving:
+            return lambda at, level: None
+        window = (await conn.execute(
+            select(hydro_readings.c.at, hydro_readings.c.level_m)
+            .where(hydro_readings.c.station == station.id,
+                   hydro_readings.c.at >= driving[0] - rule.within,
+                   hydro_readings.c.at < driving[-1])
+            .order_by(hydro_readings.c.at))).all()
+        times = [row.at for row in window]
 
-    async def _transition(self, station: HydroStation, state: State, want: str | None,
-                          r: Reading, rise: float | None) -> str:
+        def rise(at: float, level: float) -> float | None:
+            first = bisect.bisect_left(times, at - rule.within)
+            if first == len(times) or times[first] >= at:
+                return None
+            return level - float(window[first].level_m)
+
+        return rise
+
+    async def _transition(self, conn: AsyncConnection, station: HydroStation, state: State,
+                          want: str | None, r: Reading, rise: float | None) -> str:
         sender = f"hydrology:{station.id}"
         sent = r.at.isoformat()
         if state.colour is None:
@@ -164,6 +217,8 @@ class Hydrology:
             msg_type = "Update"
             action = "upgraded" if RANK[want] > RANK[state.colour] else "downgraded"
         state.seq += 1
+        # Unique per station, episode and step: the state row that numbers it commits in
+        # the same transaction, so a number is never given to two alerts.
         identifier = f"{station.id}-{state.episode}-{state.seq}"
         colour = want or state.colour or "blue"
         new = NewAlert(
@@ -175,31 +230,42 @@ class Hydrology:
             instruction=station.instruction, areas=list(station.areas),
             created_by=sender, raw=r.model_dump_json(),
         )
-        await self.alerts.accept(new, actor=sender)
+        await self.alerts.accept(new, actor=sender, within=conn)
         state.colour = want
         state.pending, state.pending_count = None, 0
         state.last_ref = None if want is None else f"{sender},{identifier},{sent}"
         return action
 
-    async def _state(self, station: str) -> State:
-        async with self.store.read() as conn:
-            row = (await conn.execute(
-                select(hydro_state).where(hydro_state.c.station == station))).first()
-        if row is None:
-            return State()
-        return State(colour=row.colour, pending=row.pending, pending_count=row.pending_count,
-                     last_at=row.last_at, episode=row.episode, seq=row.seq,
-                     last_ref=row.last_ref)
 
-    async def _save(self, station: str, s: State) -> None:
-        values = {"colour": s.colour, "pending": s.pending, "pending_count": s.pending_count,
-                  "last_at": s.last_at, "episode": s.episode, "seq": s.seq,
-                  "last_ref": s.last_ref}
-        async with self.store.write() as conn:
-            res = await conn.execute(update(hydro_state)
-                                     .where(hydro_state.c.station == station).values(**values))
-            if res.rowcount == 0:
-                await conn.execute(insert(hydro_state).values(station=station, **values))
+def _insert_new(conn: AsyncConnection, table: Table) -> pg.Insert | sqlite.Insert:
+    """INSERT that skips rows whose key is already there (ON CONFLICT DO NOTHING)."""
+    insert = pg.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing()
+
+
+_STATE_COLUMNS = ("colour", "pending", "pending_count", "last_at", "episode", "seq",
+                  "last_ref")
+
+
+async def _lock_states(conn: AsyncConnection, stations: list[str]) -> dict[str, State]:
+    """The state of ``stations`` (sorted), their rows created if new and locked until commit.
+
+    The first statement writes, so on SQLite the transaction holds the write lock before it
+    reads anything and no other process can change a state between our read and write.
+    """
+    await conn.execute(_insert_new(conn, hydro_state), [{"station": s} for s in stations])
+    rows = await conn.execute(
+        select(hydro_state).where(hydro_state.c.station.in_(stations))
+        .order_by(hydro_state.c.station).with_for_update())
+    return {row.station: State(**{c: getattr(row, c) for c in _STATE_COLUMNS})
+            for row in rows}
+
+
+async def _save_states(conn: AsyncConnection, states: dict[str, State]) -> None:
+    await conn.execute(
+        update(hydro_state).where(hydro_state.c.station == bindparam("b_station")),
+        [{"b_station": station, **{c: getattr(s, c) for c in _STATE_COLUMNS}}
+         for station, s in states.items()])
 
 
 def _headline(station: HydroStation, level: float, colour: str, want: str | None,
