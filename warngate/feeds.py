@@ -5,6 +5,11 @@ Each configured feed is polled by an APScheduler job at its interval, with condi
 restart does not fetch them again); CAP embedded in the entry (ATOM ``content``, EDXL-DE) is
 used as it is. A failing feed backs off exponentially with jitter and shows as down on
 ``/healthz`` and ``/metrics``; it never stops the other feeds or the gateway.
+
+A document's validator (ETag / Last-Modified) is kept only once every entry of it has been
+taken: an entry whose fetch failed (timeout, 5xx, a body cut short) is not remembered, so the
+next poll fetches the document whole and tries it again. Only an entry that is refused for
+what it is (invalid CAP, a sender not allowed, larger than ``max_bytes``) is remembered.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from sqlalchemy import insert, select
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from warngate.alerts import record_rejection
 from warngate.feedformat import Entry, FeedFormatError, read_entries
@@ -32,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 3600.0
+#: Bytes asked of the stream per read; it answers with what has arrived, up to this.
+_CHUNK = 65_536
 
 
 @dataclass
@@ -46,19 +55,33 @@ class FeedStatus:
     rejected: int = 0
     etag: str | None = None
     last_modified: str | None = None
+    #: Entries of the last poll whose fetch failed; tried again at the next poll.
+    retrying: int = 0
 
     @property
     def up(self) -> bool:
-        return self.failures == 0
+        # A feed whose alerts do not arrive is not up, even if its index reads fine.
+        return self.failures == 0 and self.retrying == 0
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "up": self.up, "last_ok": self.last_ok,
                 "failures": self.failures, "last_error": self.last_error,
-                "accepted": self.accepted, "rejected": self.rejected}
+                "retrying": self.retrying, "accepted": self.accepted,
+                "rejected": self.rejected}
 
 
 class FeedError(Exception):
     """The feed could not be read (network, HTTP status, size, XML)."""
+
+
+class TooLarge(FeedError):
+    """The body is larger than ``max_bytes``: a refusal of the document, not a failure of
+    the network, so a linked message this large is kept as rejected and not fetched again."""
+
+    def __init__(self, message: str, head: bytes) -> None:
+        super().__init__(message)
+        #: What was read before the limit was passed (kept with the refusal).
+        self.head = head
 
 
 @dataclass
@@ -114,7 +137,10 @@ class FeedPoller:
             return 0
         if st.failures:
             log.info("feed %s is back after %d failures", feed.name, st.failures)
-        st.failures, st.last_error, st.last_ok, st.next_at = 0, None, time.time(), 0.0
+        # Entries left to retry do not back the feed off: they are tried at the next poll.
+        st.failures, st.last_ok, st.next_at = 0, time.time(), 0.0
+        if not st.retrying:
+            st.last_error = None
         return accepted
 
     # -- one poll ---------------------------------------------------------------------------
@@ -128,23 +154,45 @@ class FeedPoller:
         status, body, resp_headers = await self._get(feed, feed.url, headers)
         if status == 304:
             return 0
+        # Forget the old validator until this version is finished: a poll that stops half
+        # way (an error, a restart) must not be answered "304 Not Modified" next time.
+        st.etag = st.last_modified = None
         try:
             entries = read_entries(body, feed.url, feed.kind)
         except FeedFormatError as exc:
             raise FeedError(str(exc)) from exc
-        seen = await self._seen(feed.name, [e.key for e in entries])
-        new = [e for e in entries if e.key not in seen]
+        unique: dict[str, Entry] = {}
+        for e in entries:  # in document order; of entries sharing a key the first is taken
+            unique.setdefault(e.key, e)
+        if len(unique) < len(entries):
+            log.info("feed %s: %d entries repeat a key of the same document; taken once",
+                     feed.name, len(entries) - len(unique))
+        seen = await self._seen(feed.name, list(unique))
+        new = [e for key, e in unique.items() if key not in seen]
         if len(new) > feed.max_entries:
-            # The rest waits for the next poll, which must then fetch the document again.
             log.warning("feed %s: %d new entries; taking %d now, the rest at the next poll",
                         feed.name, len(new), feed.max_entries)
-            st.etag = st.last_modified = None
-        else:
+        accepted, failed = 0, []
+        for entry in new[: feed.max_entries]:
+            try:
+                accepted += await self._take(feed, st, entry)
+            except FeedError as exc:
+                # Not remembered: tried again at the next poll.
+                log.warning("feed %s: entry %s: %s (tried again at the next poll)",
+                            feed.name, entry.key, exc)
+                failed.append(f"entry {entry.key}: {exc}")
+            except Exception as exc:  # one entry's bug must not hold back the entries after it
+                log.exception("feed %s: entry %s failed", feed.name, entry.key)
+                failed.append(f"entry {entry.key}: internal error: {exc!r}")
+        st.retrying = len(failed)
+        if failed:
+            st.last_error = "; ".join(failed[:3]) + (
+                f" (and {len(failed) - 3} more)" if len(failed) > 3 else "")
+        elif len(new) <= feed.max_entries:
+            # Every entry of this version is taken or refused for good: it need not be read
+            # again until it changes.
             st.etag = resp_headers.get("ETag")
             st.last_modified = resp_headers.get("Last-Modified")
-        accepted = 0
-        for entry in new[: feed.max_entries]:
-            accepted += await self._take(feed, st, entry)
         return accepted
 
     async def _get(self, feed: FeedSettings, url: str, headers: dict[str, str]
@@ -159,17 +207,19 @@ class FeedPoller:
                     return 304, b"", resp.headers
                 if resp.status != 200:
                     raise FeedError(f"GET {url}: HTTP {resp.status}")
-                body = await resp.content.read(feed.max_bytes + 1)
-                if len(body) > feed.max_bytes:
-                    raise FeedError(f"GET {url}: body exceeds {feed.max_bytes} bytes")
+                body = await _read_body(resp, url, feed.max_bytes)
                 return resp.status, body, resp.headers
         except TimeoutError as exc:
             raise FeedError(f"GET {url}: no answer within {feed.timeout:g} s") from exc
-        except aiohttp.ClientError as exc:
+        except aiohttp.ClientError as exc:  # refused, reset, a body cut short
             raise FeedError(f"GET {url}: {exc}") from exc
 
     async def _take(self, feed: FeedSettings, st: FeedStatus, entry: Entry) -> int:
-        """Fetch (if needed), parse and accept one entry; remember it whatever happens."""
+        """Fetch (if needed), parse and accept one entry, and remember it; 1 for a new alert.
+
+        Raises FeedError, leaving the entry to the next poll, when its message could not be
+        fetched whole.
+        """
         from warngate.cap import CapError, parse_cap, verify_signature
         from warngate.sources import cap_to_alert_with_geometry
 
@@ -181,11 +231,11 @@ class FeedPoller:
             assert entry.url is not None
             try:
                 _, body, _ = await self._get(feed, entry.url, dict(feed.headers))
-            except FeedError as exc:
-                # Not remembered: the entry is tried again at the next poll.
-                log.warning("feed %s: entry %s: %s", feed.name, entry.key, exc)
-                return 0
-        reason = None
+            except TooLarge as exc:
+                return await self._remember(
+                    feed, st, entry, source,
+                    f"too-large: {exc}; raise feeds[].max_bytes to take it", exc.head)
+        reason, new_alert = None, 0
         try:
             cap = parse_cap(body, max_bytes=feed.max_bytes)
         except CapError as exc:
@@ -199,9 +249,11 @@ class FeedPoller:
             else:
                 new = await cap_to_alert_with_geometry(self.store, cap, actor=source,
                                                        signature=signature)
-                await self.alerts.accept(new, actor=source)
+                # The same message under a second key is the same alert: accept() says so.
+                new_alert = 0 if (await self.alerts.accept(new, actor=source)).duplicate else 1
                 st.accepted += 1
-        return await self._remember(feed, st, entry, source, reason, body)
+        await self._remember(feed, st, entry, source, reason, body)
+        return new_alert
 
     async def _remember(self, feed: FeedSettings, st: FeedStatus, entry: Entry, source: str,
                         reason: str | None, body: bytes | None) -> int:
@@ -214,9 +266,11 @@ class FeedPoller:
                                    entry.key, reason=reason, body=body,
                                    content_type="application/cap+xml")
         async with self.store.write() as conn:
-            await conn.execute(insert(feed_entries).values(
+            # Another process polling the same feed may have taken the entry meanwhile.
+            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            await conn.execute(dialect_insert(feed_entries).values(
                 feed=feed.name, entry_key=entry.key, url=entry.url, outcome=outcome[:500],
-                at=time.time()))
+                at=time.time()).on_conflict_do_nothing())
         return 1 if outcome == "accepted" else 0
 
     async def _seen(self, feed: str, keys: list[str]) -> set[str]:
@@ -229,6 +283,28 @@ class FeedPoller:
                         feed_entries.c.entry_key.in_(keys[i:i + 500]))
                 )).scalars())
         return found
+
+
+async def _read_body(resp: aiohttp.ClientResponse, url: str, limit: int) -> bytes:
+    """The whole body, or TooLarge as soon as it passes ``limit`` bytes.
+
+    ``StreamReader.read(n)`` answers with what has arrived so far, which for a large body on a
+    slow line is a fraction of it: read until EOF. A body that ends before its Content-Length
+    raises ClientPayloadError, a network failure, never a short document.
+    """
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        raise TooLarge(f"GET {url}: body of {declared} bytes exceeds {limit} bytes", b"")
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await resp.content.read(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            parts.append(chunk)
+            raise TooLarge(f"GET {url}: body exceeds {limit} bytes",
+                           b"".join(parts)[:limit])
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def health(poller: FeedPoller | None) -> list[dict[str, Any]]:
