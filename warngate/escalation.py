@@ -413,6 +413,14 @@ async def speakers_needing_fallback(store: Store) -> list[str]:
         return [r for r in (await conn.execute(q)).scalars() if r is not None]
 
 
+async def next_deadline(store: Store) -> float | None:
+    """The earliest ``escalate_at`` still waiting (one look at its partial index)."""
+    async with store.read() as conn:
+        at = (await conn.execute(select(func.min(deliveries.c.escalate_at))
+                                 .where(deliveries.c.escalate_at.is_not(None)))).scalar_one()
+    return None if at is None else float(at)
+
+
 async def expire_due(store: Store) -> int:
     """Alerts past ``expires`` stop: pending deliveries expire, escalation ends."""
     now = time.time()

@@ -22,6 +22,7 @@ from warngate.dispatch import Dispatcher, Lane
 from warngate.escalation import (
     escalate_due,
     expire_due,
+    next_deadline,
     repeat_speakers,
     speaker_fallback,
     speakers_needing_fallback,
@@ -131,7 +132,7 @@ class Gateway:
         self.receipts = ReceiptWriter(store, on_speaker_offline=self._offline.put_nowait)
         self.planner = Planner(
             store, policy, villages_per_chunk=settings.planning.villages_per_chunk,
-            on_planned=self.dispatcher.wake,
+            on_planned=self._planned,
         )
         self.alerts = AlertService(
             store, policy, four_eyes=settings.auth.four_eyes, on_accepted=self._accepted,
@@ -144,6 +145,8 @@ class Gateway:
         self._closing = False
         self._reported: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[Any]] = set()
+        self._scheduler: AsyncIOScheduler | None = None
+        self._deadlines_learnt = 0.0
         self.feeds = (FeedPoller(settings.feeds, store, self.alerts,
                                  trusted=settings.cap.trusted)
                       if settings.feeds else None)
@@ -272,6 +275,8 @@ class Gateway:
             self._job, "interval", args=[self._escalate],
             seconds=self.settings.escalation.sweep_every,
             id="escalation", max_instances=1, coalesce=True,
+            # At once: it catches up on what is overdue and finds the next deadline.
+            next_run_time=datetime.now(UTC),
         )
         scheduler.add_job(
             self._job, "interval", args=[self._expire], seconds=30, id="expiry",
@@ -285,6 +290,7 @@ class Gateway:
                     max_instances=1, coalesce=True, next_run_time=datetime.now(UTC),
                 )
         scheduler.start()
+        self._scheduler = scheduler
         return scheduler
 
     async def _stop_scheduler(self, scheduler: AsyncIOScheduler) -> None:
@@ -302,6 +308,23 @@ class Gateway:
     def _accepted(self) -> None:
         self.planner.wake.set()
         self.dispatcher.wake()
+        self._learn_deadlines()
+
+    def _planned(self) -> None:
+        self.dispatcher.wake()
+        self._learn_deadlines()
+
+    def _learn_deadlines(self) -> None:
+        """New deliveries may carry an earlier deadline than the sweep knows of: sweep soon
+        (it finds nothing due yet, and schedules itself for that deadline). At most once
+        a second, however fast planning commits its chunks."""
+        job = self._scheduler.get_job("escalation") if self._scheduler is not None else None
+        now = self.clock.now()
+        if job is None or job.next_run_time is None or now - self._deadlines_learnt < 1.0:
+            return
+        self._deadlines_learnt = now
+        if job.next_run_time.timestamp() > now + 1.0:
+            job.modify(next_run_time=datetime.fromtimestamp(now + 0.2, UTC))
 
     async def _job(self, fn: Callable[[], Awaitable[None]]) -> None:
         task = asyncio.current_task()
@@ -322,6 +345,20 @@ class Gateway:
             stepped += await speaker_fallback(self.store, self.policy, speaker_id)
         if stepped or repeated:
             self.dispatcher.wake()
+        await self._sweep_at_next_deadline()
+
+    async def _sweep_at_next_deadline(self) -> None:
+        """The next sweep runs at the next deadline if that comes before the interval: the
+        people who did not answer are called when their time is up, not up to a whole
+        interval later."""
+        job = self._scheduler.get_job("escalation") if self._scheduler is not None else None
+        due = await next_deadline(self.store)
+        if job is None or due is None or job.next_run_time is None:
+            return
+        # Not before this run has ended (a run still going would skip it).
+        at = max(due, self.clock.now() + 0.05)
+        if at < job.next_run_time.timestamp():
+            job.modify(next_run_time=datetime.fromtimestamp(at, UTC))
 
     async def _fallbacks(self) -> None:
         while True:

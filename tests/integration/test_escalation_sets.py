@@ -337,3 +337,29 @@ async def test_failed_speaker_gets_the_fallback_of_each_live_alert(store: Store)
                                    .where(deliveries.c.fallback_for_speaker == speaker))).all()
     assert sorted(tuple(r) for r in rows) == sorted([(first, V1), (second, V1)])
     assert await speaker_fallback(store, pol, "no-such-speaker") == 0
+
+
+async def test_the_gateway_sweeps_at_the_deadline_not_a_whole_interval_later(
+        store: Store) -> None:
+    """The sweep runs every 30 s here, the first step is due 1 s after the warning: the
+    people who did not answer are called when their time is up."""
+    from tests.gateway_run import GatewayRun
+    from tests.integration.test_pipeline import policy as pipeline_policy
+    from tests.integration.test_pipeline import settings as pipeline_settings
+    from tests.smallcounty import write_small_county
+    from warngate.service import Gateway, load_adapters
+    from warngate.settings import EscalationSettings
+
+    await write_small_county(store)
+    url = store.engine.url.render_as_string(hide_password=False)
+    s = pipeline_settings(url, sms_ack=0.0, voice_ack=0.0).model_copy(
+        update={"escalation": EscalationSettings(sweep_every=30.0)})
+    pol = pipeline_policy(step1_after=1.0, step2_after=60.0)
+    async with Gateway(s, pol, store, load_adapters(s, pol)) as gw:
+        run = GatewayRun(gw)
+        started = time.monotonic()
+        await run.warn()
+        await run.until(select(deliveries.c.id).where(deliveries.c.step == 1),
+                        lambda rows: len(rows) > 0, within=25.0)
+        took = time.monotonic() - started
+    assert took < 15.0, took  # a ceiling far below the 30 s interval, not a timing claim
