@@ -14,6 +14,7 @@ import re
 import zlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -21,11 +22,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
+from warngate_twilio.testing import FakeTwilio, twilio_options
 
 from tests.integration.test_api import CAP_HEADERS, RED, api_settings, cap_message
 from tests.integration.test_pipeline import policy
 from tests.smallcounty import write_small_county
-from warngate.settings import HydrologySettings, HydroStation
+from warngate.settings import AdapterSettings, HydrologySettings, HydroStation
 from warngate.store import Store
 from warngate.store.schema import rejected_inputs
 from warngate.web.app import build_app
@@ -59,15 +61,32 @@ class Site:
                 select(rejected_inputs).order_by(rejected_inputs.c.id.desc()).limit(1))).one()
 
 
+#: The SMS channel goes through the Twilio adapter (to the fake Twilio): its webhooks are
+#: entry points too.
+HOOKS = ("/hooks/twilio/sms/status", "/hooks/twilio/sms/inbound")
+
+
 @pytest.fixture
-async def site(store: Store) -> AsyncIterator[Site]:
+async def site(store: Store, tmp_path: Path) -> AsyncIterator[Site]:
     await write_small_county(store)
     url = store.engine.url.render_as_string(hide_password=False)
+    async with FakeTwilio() as fake:
+        async for s in _site(store, url, fake, tmp_path):
+            yield s
+
+
+async def _site(store: Store, url: str, fake: FakeTwilio, tmp_path: Path
+                ) -> AsyncIterator[Site]:
+    secret = tmp_path / "twilio-token"
+    secret.write_text(fake.auth_token, encoding="utf-8")
+    twilio = AdapterSettings(name="sms", type="twilio-sms", channel="sms",
+                             options=twilio_options(fake, auth_token_file=str(secret)))
     # The production default, so a body 100,000 levels deep reaches the JSON decoder.
     station = HydroStation(id="qx-01", name="清溪水文站", warning_level_m=12.0,
                            guaranteed_level_m=13.5, areas=("339901001001",))
-    settings = api_settings(url, max_body=1_048_576).model_copy(
-        update={"hydrology": HydrologySettings(stations=(station,))})
+    base = api_settings(url, max_body=1_048_576)
+    settings = base.model_copy(update={"hydrology": HydrologySettings(stations=(station,)),
+                                       "adapters": (twilio, *base.adapters[1:])})
     app = build_app(settings, policy(step1_after=600, step2_after=1200))
     async with TestClient(TestServer(app)) as client:
         s = Site(client, store, 0)
@@ -253,7 +272,7 @@ _query_value = st.text(max_size=20) | st.sampled_from(
 def _posts(alert_id: int) -> st.SearchStrategy[str]:
     return st.sampled_from(["/api/v1/alerts", f"/api/v1/alerts/{alert_id}/cancel",
                             f"/api/v1/alerts/{alert_id}/approve", "/api/v1/cap",
-                            "/api/v1/hydrology/readings"])
+                            "/api/v1/hydrology/readings", *HOOKS])
 
 
 def _gets(alert_id: int) -> st.SearchStrategy[str]:
@@ -287,7 +306,11 @@ def _property(site: Site, run: Callable[[Coroutine[Any, Any, Any]], Any]) -> Non
         status, answer = run(site.call("POST", path, who=who, data=body, headers=headers))
         seen.append(("POST", path, status))
         assert status < 500, (path, body[:200], encoding, answer)
-        if status >= 400:
+        if path in HOOKS:
+            # Unsigned, so refused whatever the body; the adapter keeps it.
+            assert status == 403, (path, answer)
+            assert run(site.kept()) == before + 1, (path, body[:200], answer)
+        elif status >= 400:
             refused(status, answer, status)
             assert run(site.kept()) == before + 1, (path, body[:200], answer)
 
@@ -313,3 +336,13 @@ async def test_hostile_input_never_reaches_a_500(site: Site) -> None:
     # Hypothesis drives synchronous tests: it runs in a worker thread, and each request is run
     # on this loop, where the server lives.
     await asyncio.to_thread(_property, site, _OnLoop(asyncio.get_running_loop()))
+
+
+async def test_a_webhook_with_a_broken_form_is_refused_and_kept(site: Site) -> None:
+    for ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        for path in HOOKS:
+            before = await site.kept()
+            resp = await site.client.post(path, data=b"--x\r\n\r\n",
+                                          headers={"Content-Type": ctype})
+            assert resp.status == 403, await resp.text()
+            assert await site.kept() == before + 1

@@ -87,13 +87,24 @@ class WebhookGuard:
 
     async def form(self, request: web.Request, what: str) -> MultiDict[str]:
         """The signed POST parameters, or HTTP 403 (recorded) if the signature is wrong."""
+        signature = request.headers.get(SIGNATURE_HEADER, "")
+        if self.validate and not signature:
+            # Refused before its body is even parsed: nothing unsigned is worth the work.
+            self.counts["rejected_signature"] += 1
+            await self.refuse(request, what, f"{SIGNATURE_HEADER} missing")
+            raise web.HTTPForbidden(text=f"{SIGNATURE_HEADER} missing\n")
+        try:
+            posted = await request.post()
+        except ValueError as exc:  # e.g. multipart/form-data without a boundary
+            reason = f"not a form: {exc}"
+            self.counts["rejected_input"] += 1
+            await self.refuse(request, what, reason)
+            raise web.HTTPBadRequest(text=f"{reason}\n") from None
         # File uploads never come from Twilio; str() keeps any such part in the signature.
-        form = MultiDict([(k, v if isinstance(v, str) else str(v))
-                          for k, v in (await request.post()).items()])
+        form = MultiDict([(k, v if isinstance(v, str) else str(v)) for k, v in posted.items()])
         if not self.validate:
             self.counts["accepted"] += 1
             return form
-        signature = request.headers.get(SIGNATURE_HEADER, "")
         url = self.url(request.raw_path)
         if not signature or not self._signed(url, form, signature):
             reason = (f"{SIGNATURE_HEADER} missing" if not signature
