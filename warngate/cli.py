@@ -1,19 +1,29 @@
-"""The ``warngate`` command. Exit codes: 0 ok, 1 failed, 2 usage or configuration error."""
+"""The ``warngate`` command. Exit codes: 0 ok, 1 failed, 2 usage or configuration error.
+
+Start-up is kept short (``warngate cap validate`` is run once per file by scripts): a
+command imports what it needs inside its handler, and the plugin commands' entry points
+are only looked up when the command asked for is not one of ours (or for ``--help``).
+Importing settings, pydantic, aiohttp, SQLAlchemy or the adapters at the top of this
+module would cost every call half a second; ``tests/e2e/test_cli_startup.py`` keeps it so.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
-from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from warngate.policy import Policy, PolicyError, load_policy
-from warngate.settings import ConfigError, Settings, load_settings
+if TYPE_CHECKING:
+    from warngate.policy import Policy
+    from warngate.settings import Settings
 
 log = logging.getLogger("warngate")
+
+#: Commands built in; any other name is looked for among the plugins' commands.
+BUILT_IN = ("serve", "demo", "registry", "cap", "db")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -28,6 +38,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from warngate.settings import load_settings
+
     overrides = {}
     if getattr(args, "database", None):
         overrides["database"] = {"url": args.database}
@@ -35,6 +47,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from warngate.policy import load_policy
+
     settings = _settings(args)
     policy = load_policy(settings.policy_file)
     return asyncio.run(serve(settings, policy))
@@ -42,7 +58,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 async def serve(settings: Settings, policy: Policy) -> int:
     """Serve until SIGINT/SIGTERM (exit 0) or until the gateway stops itself (exit 1)."""
+    from warngate.policy import PolicyError
     from warngate.serving import serving
+    from warngate.settings import ConfigError
     from warngate.web.app import build_app
 
     app = build_app(settings, policy)
@@ -65,6 +83,8 @@ async def serve(settings: Settings, policy: Policy) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
     from warngate.demo import run_demo
 
     data_dir: Path = args.data_dir
@@ -74,6 +94,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
+    import asyncio
+
     from warngate import registry
 
     missing = [str(p) for p in args.files if not p.is_file()]
@@ -118,6 +140,8 @@ def cmd_cap(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
+    import asyncio
+
     from warngate.store import Store
 
     async def _upgrade() -> None:
@@ -129,7 +153,8 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
+    """The command line; ``plugins=False`` leaves out the commands of adapter packages."""
     parser = argparse.ArgumentParser(
         prog="warngate", description="Early-warning dissemination gateway.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -171,26 +196,57 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--database", help="database URL")
     p.set_defaults(func=cmd_db)
 
-    # Adapter distributions add their own commands (e.g. speaker-sim).
+    if plugins:
+        _add_plugin_commands(sub)
+    return parser
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adapter distributions add their own commands (e.g. speaker-sim)."""
+    from importlib.metadata import entry_points
+
     for ep in entry_points(group="warngate.commands"):
         try:
             ep.load()(sub)
         except Exception as exc:
             log.warning("command %s from %s could not load: %s", ep.name, ep.value, exc)
-    return parser
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv``: its first word that is not an option (``-v``, the
+    only option before the command, takes no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _usage_error(exc: Exception) -> bool:
+    """Whether ``exc`` is a configuration or policy error (exit 2, no traceback).
+
+    Their classes live with the models that raise them; a command that never loaded those
+    modules cannot have raised them, and importing them here would cost every call the
+    pydantic start-up.
+    """
+    for module, name in (("warngate.settings", "ConfigError"), ("warngate.policy",
+                                                                  "PolicyError")):
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name)):
+            return True
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(plugins=_command(argv) not in BUILT_IN)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
         code: int = args.func(args)
-    except (ConfigError, PolicyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _usage_error(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return code
 
 
