@@ -8,6 +8,7 @@ its audit entry together; the planner takes it from there. Every refused input i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,8 @@ class Accepted:
     recipients: dict[str, int] = field(default_factory=dict)
     duplicate: bool = False
     unknown_areas: tuple[str, ...] = ()
+    #: Flaws accepted with the message ({rule, element, message}), see NewAlert.warnings.
+    warnings: tuple[dict[str, str], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -64,6 +67,8 @@ class Accepted:
             out["duplicate"] = True
         if self.unknown_areas:
             out["unknown_areas"] = list(self.unknown_areas)
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         if not self.recipients and self.state not in ("cancelled", "ignored"):
             out["no_recipients"] = True
         return out
@@ -126,6 +131,10 @@ class NewAlert:
     signature: str | None = None
     #: Texts in other languages: {lang: {event, headline, description, instruction}}.
     translations: dict[str, dict[str, str]] | None = None
+    #: For CAP: the bytes exactly as received (``raw`` is their text, for display).
+    raw_bytes: bytes | None = None
+    #: Flaws accepted with the message: [{rule, element, message}] (docs/feeds.md).
+    warnings: tuple[dict[str, str], ...] = ()
 
 
 async def audit(
@@ -262,7 +271,14 @@ class AlertService:
         ``within``: the caller's open write transaction, which the alert joins (hydrology
         commits the state that decided an alert with the alert); the caller then commits
         and calls :meth:`wake`.
+        The answer carries the flaws accepted with the message (``new.warnings``).
         """
+        accepted = await self._accept(new, actor=actor, within=within)
+        return dataclasses.replace(accepted, warnings=new.warnings) if new.warnings \
+            else accepted
+
+    async def _accept(self, new: NewAlert, *, actor: str,
+                      within: AsyncConnection | None) -> Accepted:
         now = time.time()
         try:
             async with self._transaction(within) as conn:
@@ -283,8 +299,13 @@ class AlertService:
                 if new.expires is not None and new.expires <= now:
                     # Kept for the record, never sent: a stale warning misleads.
                     alert_id = await _insert_alert(conn, new, state="expired", now=now)
+                    # An Update that ends a warning (expires <= sent) still replaces what it
+                    # names: pending sends stop and those reached are told it is lifted.
+                    ended = [old for old in referenced if old.state in _LIVE]
+                    for old in ended:
+                        await supersede_in(conn, old, alert_id, Targets(), now)
                     await audit(conn, actor, "ingest", alert_id, expired_on_arrival=True,
-                                signature=new.signature)
+                                superseded=[r.id for r in ended], signature=new.signature)
                     return Accepted(alert_id, "expired", {}, unknown_areas=targets.unknown)
                 if new.status not in ("Actual", "Exercise", "Test"):
                     alert_id = await _insert_alert(conn, new, state="ignored", now=now)
@@ -341,7 +362,8 @@ async def _insert_alert(conn: AsyncConnection, new: NewAlert, *, state: str, now
             level=new.level, event=new.event, headline=new.headline,
             description=new.description, instruction=new.instruction, areas=new.areas,
             onset=new.onset, expires=new.expires, raw=new.raw, state=state,
-            translations=new.translations,
+            translations=new.translations, raw_bytes=new.raw_bytes,
+            warnings=list(new.warnings) or None,
             created_by=new.created_by, created_at=now, updated_at=now,
             plan_stage=0 if state in ("pending_approval", "dispatching") else 2,
         )

@@ -232,8 +232,8 @@ def alert_json(row: Any) -> dict[str, Any]:
         "state": row.state, "created_by": row.created_by, "approved_by": row.approved_by,
         "cancelled_by": row.cancelled_by, "created_at": row.created_at,
         "planned": row.planned_count, "no_recipients": row.no_recipients,
-        "supersedes": row.supersedes_id,
+        "supersedes": row.supersedes_id, "warnings": row.warnings or [],
     }
 
 
-ALERT_COLUMNS = [c for c in alerts.c if c.name != "raw"]
+ALERT_COLUMNS = [c for c in alerts.c if c.name not in ("raw", "raw_bytes")]

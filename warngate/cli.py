@@ -132,7 +132,11 @@ def cmd_cap(args: argparse.Namespace) -> int:
     bad = 0
     for result in validate_files(args.files):
         if result.ok:
-            print(f"OK {result.path}")
+            # Flaws accepted with the message are shown: "OK f.xml (2 warnings: ...; ...)".
+            found = result.cap.warnings if result.cap is not None else ()
+            more = f" ({len(found)} warning{'s' if len(found) > 1 else ''}: " \
+                f"{'; '.join(map(str, found))})" if found else ""
+            print(f"OK {result.path}{more}")
         else:
             bad += 1
             print(f"INVALID {result.path}: {result.reason}")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from sqlalchemy import String, bindparam, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from warngate.alerts import NewAlert
 from warngate.cap import (
     CapAlert,
@@ -13,8 +16,10 @@ from warngate.cap import (
     pick_info,
     region_codes,
 )
+from warngate.cap.areas import covering_prefix
 from warngate.geomatch import regions_in_area
 from warngate.store import Store
+from warngate.store.schema import regions
 
 
 def cap_to_alert(cap: CapAlert, *, actor: str, lang: str = "zh-CN") -> NewAlert:
@@ -50,22 +55,48 @@ def cap_to_alert(cap: CapAlert, *, actor: str, lang: str = "zh-CN") -> NewAlert:
         areas=region_codes(cap),
         onset=onset,
         expires=expires,
-        raw=cap.raw.decode("utf-8", errors="replace"),
+        # Read in the message's own encoding (GB18030, UTF-16, ...); the bytes are kept too.
+        raw=cap.text(),
+        raw_bytes=cap.raw,
         created_by=actor,
         translations=translations or None,
+        warnings=tuple(w.as_json() for w in cap.warnings),
     )
 
 
 async def cap_to_alert_with_geometry(store: Store, cap: CapAlert, *, actor: str,
                                      signature: SignatureCheck | None = None) -> NewAlert:
-    """As ``cap_to_alert``, plus the regions its polygons and circles cover."""
+    """As ``cap_to_alert``, plus the regions its polygons and circles cover, and province or
+    prefecture codes widened to the counties of ours they hold."""
     new = cap_to_alert(cap, actor=actor)
     if signature is not None:
         new = dataclasses.replace(new, signature=str(signature))
     polygons, circles = area_shapes(cap)
-    if not polygons and not circles:
+    wide = [code for code in new.areas if covering_prefix(code)]
+    if not polygons and not circles and not wide:
         return new
     async with store.read() as conn:
-        matched = await regions_in_area(conn, polygons, circles)
-    areas = list(dict.fromkeys([*new.areas, *matched]))
-    return dataclasses.replace(new, areas=areas)
+        areas = await _widen(conn, new.areas) if wide else list(new.areas)
+        matched = await regions_in_area(conn, polygons, circles) if polygons or circles \
+            else []
+    return dataclasses.replace(new, areas=list(dict.fromkeys([*areas, *matched])))
+
+
+_COUNTIES_UNDER = (
+    select(regions.c.code)
+    .where(regions.c.level == "county",
+           regions.c.code.startswith(bindparam("prefix", type_=String())))
+    .order_by(regions.c.code)
+)
+
+
+async def _widen(conn: AsyncConnection, codes: list[str]) -> list[str]:
+    """A province or prefecture code (``130600``, 保定市) stands for the counties of ours
+    inside it; one that holds none of ours stays, so it is reported as unknown."""
+    out: list[str] = []
+    for code in codes:
+        prefix = covering_prefix(code)
+        counties = list((await conn.execute(_COUNTIES_UNDER, {"prefix": prefix})).scalars()) \
+            if prefix else []
+        out += counties or [code]
+    return out

@@ -24,6 +24,24 @@ class CapError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class CapWarning:
+    """A flaw we accepted: the meaning is intact, the flawed part was ignored or mended.
+
+    Kept with the alert (``alerts.warnings``) and shown by the API and ``cap validate``.
+    """
+
+    rule: str
+    element: str
+    message: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"rule": self.rule, "element": self.element, "message": self.message}
+
+    def __str__(self) -> str:
+        return f"{self.rule} at {self.element}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
 class CapRef:
     sender: str
     identifier: str
@@ -93,3 +111,25 @@ class CapAlert:
     infos: tuple[CapInfo, ...]
     #: An XML signature is present (verification is configured per sender).
     signed: bool
+    #: Flaws accepted (see ``CapWarning``), in document order.
+    warnings: tuple[CapWarning, ...] = ()
+    #: The Python codec that reads ``raw`` (from its BOM or XML declaration).
+    encoding: str = "utf-8"
+
+    def text(self) -> str:
+        """``raw`` as text, for display; ``raw`` itself stays the bytes as received."""
+        try:
+            return self.raw.decode(self.encoding)
+        except (LookupError, UnicodeDecodeError):
+            return self.raw.decode(self.encoding if _known(self.encoding) else "utf-8",
+                                   errors="replace")
+
+
+def _known(codec: str) -> bool:
+    import codecs
+
+    try:
+        codecs.lookup(codec)
+    except LookupError:
+        return False
+    return True

@@ -1,21 +1,25 @@
-"""Safe CAP parsing: a size limit, no DTDs or entities (defusedxml), the OASIS schema (lxml),
-then the rules the schema cannot express. Every refusal is a ``CapError`` naming the rule
-and the element."""
+"""Safe CAP parsing, once: one hardened lxml parser (no DTD, no entities, no network, a size
+limit), the OASIS schema, then the rules the schema cannot express.
+
+Leniency: refuse only what cannot be understood safely; a flaw that leaves the meaning
+intact is accepted, the flawed part ignored or mended, and a ``CapWarning`` kept with the
+alert (docs/feeds.md, "Leniency"). Every refusal is a ``CapError`` naming the rule and the
+element."""
 
 from __future__ import annotations
 
+import codecs
 import functools
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import cast
-from xml.etree.ElementTree import ParseError
 
-from defusedxml import DefusedXmlException, DTDForbidden, EntitiesForbidden
-from defusedxml import ElementTree as SafeET
 from lxml import etree
 
+from warngate.cap.levels import severity_known, stated_colour, unreadable_levels
 from warngate.cap.model import (
     CapAlert,
     CapArea,
@@ -23,6 +27,7 @@ from warngate.cap.model import (
     CapInfo,
     CapRef,
     CapResource,
+    CapWarning,
     Pair,
     Point,
 )
@@ -33,8 +38,16 @@ NAMESPACES = {
 }
 _DSIG = "{http://www.w3.org/2000/09/xmldsig#}Signature"
 _SCHEMA_DIR = Path(__file__).parent / "schema"
+# The one parse: entities are never expanded (not even internal ones: no billion laughs),
+# nothing is fetched, no DTD is loaded, libxml2's depth and text-size limits stay on
+# (huge_tree=False). A document that declares a DTD at all is refused after parsing.
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
                           huge_tree=False, remove_comments=True)
+#: CAP 1.2 §3.2.1: identifier and sender contain no spaces, commas or restricted characters.
+_BAD_ID_CHARS = re.compile(r"[\s,<&]")
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 @functools.cache
@@ -50,21 +63,21 @@ def parse_cap(data: bytes, *, max_bytes: int = 1_048_576) -> CapAlert:
     if not data.strip():
         raise CapError("empty body", rule="xml-syntax")
     try:
-        SafeET.fromstring(data, forbid_dtd=True)
-    except DTDForbidden as exc:
-        raise CapError("DTDs are not allowed in CAP", rule="dtd-forbidden") from exc
-    except EntitiesForbidden as exc:
-        raise CapError("entity declarations are not allowed", rule="entity-forbidden") from exc
-    except DefusedXmlException as exc:
-        raise CapError(f"unsafe XML: {exc}", rule="entity-forbidden") from exc
-    except (ParseError, ValueError) as exc:
-        raise CapError(f"not well-formed XML: {exc}", rule="xml-syntax") from exc
-    except LookupError as exc:  # <?xml encoding="..."?> names a codec Python does not know
-        raise CapError(f"not readable XML: {exc}", rule="xml-syntax") from exc
-    try:
         root = etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as exc:
+        if _declares_dtd(data):  # e.g. libxml2 stopped a billion laughs in the DTD itself
+            raise CapError(f"DTDs are not allowed in CAP ({exc})",
+                           rule="dtd-forbidden") from exc
         raise CapError(f"not well-formed XML: {exc}", rule="xml-syntax") from exc
+    except (ValueError, LookupError) as exc:  # e.g. an encoding libxml2 cannot read
+        raise CapError(f"not readable XML: {exc}", rule="xml-syntax") from exc
+    if root is None:
+        raise CapError("no root element", rule="xml-syntax")
+    docinfo = root.getroottree().docinfo
+    # No entity was expanded and nothing loaded; a DTD (the only place entities are
+    # declared) is refused, as CAP never needs one.
+    if docinfo.doctype or docinfo.internalDTD is not None:
+        raise CapError("DTDs are not allowed in CAP", rule="dtd-forbidden")
     qname = etree.QName(root)
     version = NAMESPACES.get(qname.namespace or "")
     if qname.localname != "alert" or version is None:
@@ -75,9 +88,34 @@ def parse_cap(data: bytes, *, max_bytes: int = 1_048_576) -> CapAlert:
         err = list(schema.error_log)[-1]
         raise CapError(f"line {err.line}: {err.message}", rule="schema",
                        element=_element_path(root, err.line))
-    alert = _build(root, data, version)
-    _check_rules(alert)
-    return alert
+    warnings: list[CapWarning] = []
+    alert = _build(root, data, version, _encoding(data, docinfo.encoding), warnings)
+    _check_rules(alert, warnings)
+    return alert if not warnings else _with_warnings(alert, warnings)
+
+
+_DOCTYPES = tuple("<!DOCTYPE".encode(codec) for codec in ("ascii", "utf-16-le", "utf-16-be"))
+
+
+def _declares_dtd(data: bytes) -> bool:
+    """Only names the rule of a document that failed to parse; the refusal stands anyway."""
+    head = data[:8192]
+    return any(d in head for d in _DOCTYPES)
+
+
+def _with_warnings(alert: CapAlert, warnings: list[CapWarning]) -> CapAlert:
+    import dataclasses
+
+    return dataclasses.replace(alert, warnings=tuple(warnings))
+
+
+def _encoding(data: bytes, declared: str | None) -> str:
+    """The codec of the bytes as received: a byte-order mark wins over the declaration
+    (libxml2 reports UTF-8 for an undeclared UTF-16 document with a BOM)."""
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            return codec
+    return (declared or "utf-8").lower()
 
 
 def _element_path(root: etree._Element, line: int) -> str:
@@ -102,22 +140,38 @@ def _element_path(root: etree._Element, line: int) -> str:
     return "/".join(reversed(steps))
 
 
-class _Reader:
-    def __init__(self, ns: str) -> None:
-        self.ns = "{" + ns + "}"
+_Kids = dict[str, list[etree._Element]]
 
-    def text(self, el: etree._Element, name: str) -> str | None:
-        v = el.findtext(self.ns + name)
-        v = v.strip() if v is not None else None
-        return v or None
 
-    def texts(self, el: etree._Element, name: str) -> tuple[str, ...]:
-        return tuple(t.strip() for c in el.findall(self.ns + name)
-                     if (t := c.text) and t.strip())
+def _kids(el: etree._Element, ns: str) -> _Kids:
+    """Children by local name, in one pass (far cheaper than a find() per field)."""
+    out: _Kids = {}
+    cut = len(ns)
+    for child in el:
+        tag = child.tag
+        if isinstance(tag, str) and tag.startswith(ns):
+            out.setdefault(tag[cut:], []).append(child)
+    return out
 
-    def pairs(self, el: etree._Element, name: str) -> tuple[Pair, ...]:
-        return tuple(((self.text(c, "valueName") or ""), (self.text(c, "value") or ""))
-                     for c in el.findall(self.ns + name))
+
+def _text(kids: _Kids, name: str) -> str | None:
+    found = kids.get(name)
+    if not found:
+        return None
+    v = found[0].text
+    return (v.strip() or None) if v is not None else None
+
+
+def _texts(kids: _Kids, name: str) -> tuple[str, ...]:
+    return tuple(t.strip() for c in kids.get(name, ()) if (t := c.text) and t.strip())
+
+
+def _pairs(kids: _Kids, name: str, ns: str) -> tuple[Pair, ...]:
+    out = []
+    for c in kids.get(name, ()):
+        sub = _kids(c, ns)
+        out.append((_text(sub, "valueName") or "", _text(sub, "value") or ""))
+    return tuple(out)
 
 
 def _time(text: str | None, element: str) -> datetime | None:
@@ -133,83 +187,167 @@ def _time(text: str | None, element: str) -> datetime | None:
     return value
 
 
-def _points(text: str, element: str) -> tuple[Point, ...]:
+Warn = Callable[[str, str, str], None]
+
+
+def _point(token: str) -> Point:
+    lat, lon = token.split(",", 2)[:2]
+    return float(lat), float(lon)
+
+
+def _in_range(pt: Point) -> bool:
+    return -90 <= pt[0] <= 90 and -180 <= pt[1] <= 180
+
+
+def _polygon(text: str, where: str, warn: Warn) -> tuple[Point, ...] | None:
+    """The polygon, mended where its meaning is plain; None (with a warning) if unusable."""
     try:
-        pts = tuple((float(p.split(",")[0]), float(p.split(",")[1])) for p in text.split())
-    except (ValueError, IndexError):
-        raise CapError(f"bad coordinates {text[:80]!r}", rule="geometry",
-                       element=element) from None
+        pts = tuple(map(_point, text.split()))
+    except ValueError:
+        warn("geometry", where, f"coordinates {text[:80]!r} are not lat,lon pairs; "
+             f"polygon ignored")
+        return None
+    bad = next((p for p in pts if not _in_range(p)), None)
+    if bad is not None:
+        warn("geometry", where, f"coordinate {bad} is outside WGS 84; polygon ignored")
+        return None
+    if len(dict.fromkeys(pts)) < 3:
+        warn("polygon-degenerate", where,
+             f"{len(pts)} points, fewer than 3 distinct; polygon ignored")
+        return None
+    if pts[0] != pts[-1]:
+        # Its outline is still plain: close it rather than lose the area.
+        warn("polygon-closed", where, "first point is not the last; closed by warngate")
+        pts = (*pts, pts[0])
+    problem = _ring_problem(pts)
+    if problem == "empty":
+        warn("polygon-degenerate", where, "the points enclose no area; polygon ignored")
+        return None
+    if problem:
+        # Real services publish rings that touch or cross themselves (Met Éireann's do);
+        # the area is still plain, and matching repairs the ring (warngate/geomatch.py).
+        warn("polygon-self-intersecting", where, f"{problem}; used as repaired")
     return pts
 
 
-def _build(root: etree._Element, raw: bytes, version: str) -> CapAlert:
-    r = _Reader(etree.QName(root).namespace or "")
-    sent_text = r.text(root, "sent") or ""
+def _ring_problem(pts: tuple[Point, ...]) -> str | None:
+    """None for a simple ring; "empty" for one that encloses nothing; else the flaw."""
+    # Imported here: shapely costs a tenth of a second, and most messages have no polygon.
+    import shapely
+    from shapely.validation import explain_validity
+
+    ring = shapely.Polygon([(lon, lat) for lat, lon in pts])
+    valid = ring.is_valid
+    # Square degrees: a hundredth of a square metre, i.e. the points lie on a line. A bow
+    # tie's lobes cancel in ``ring.area``: measure the repaired shape.
+    if (ring.area if valid else shapely.make_valid(ring).area) < 1e-12:
+        return "empty"
+    if valid:
+        return None
+    return str(explain_validity(ring)).split("[")[0].strip() or "not a simple ring"
+
+
+def _circle(text: str, where: str, warn: Warn) -> tuple[Point, float] | None:
+    centre, _, radius = text.rpartition(" ")
+    try:
+        pt, r = _point(centre.strip()), float(radius)
+    except ValueError:
+        warn("geometry", where, f"circle {text[:80]!r} is not 'lat,lon radius'; ignored")
+        return None
+    if not _in_range(pt) or not r >= 0:
+        warn("geometry", where, f"circle {text[:80]!r} is outside WGS 84 or has a "
+             f"negative radius; ignored")
+        return None
+    return pt, r
+
+
+def _area(a: etree._Element, ns: str, where: str, warn: Warn) -> CapArea:
+    k = _kids(a, ns)
+    polys = _texts(k, "polygon")
+    polygons = tuple(p for i, text in enumerate(polys, start=1)
+                     if (p := _polygon(text, _nth(f"{where}/polygon", i), warn)))
+    circs = _texts(k, "circle")
+    circles = tuple(c for i, text in enumerate(circs, start=1)
+                    if (c := _circle(text, _nth(f"{where}/circle", i), warn)))
+    alt, ceil = _text(k, "altitude"), _text(k, "ceiling")
+    return CapArea(area_desc=_text(k, "areaDesc") or "", polygons=polygons, circles=circles,
+                   geocodes=_pairs(k, "geocode", ns),
+                   altitude=float(alt) if alt else None, ceiling=float(ceil) if ceil else None)
+
+
+def _nth(path: str, i: int) -> str:
+    # Always numbered (``area[1]`` even when alone): one shape for whoever reads warnings.
+    return f"{path}[{i}]"
+
+
+def _build(root: etree._Element, raw: bytes, version: str, encoding: str,
+           warnings: list[CapWarning]) -> CapAlert:
+    def warn(rule: str, element: str, message: str) -> None:
+        warnings.append(CapWarning(rule, element, message))
+
+    ns = "{" + (etree.QName(root).namespace or "") + "}"
+    top = _kids(root, ns)
+    sent_text = _text(top, "sent") or ""
     sent = _time(sent_text, "alert/sent")
     assert sent is not None  # the schema requires it
     refs: list[CapRef] = []
-    for token in (r.text(root, "references") or "").split():
+    for token in (_text(top, "references") or "").split():
         parts = token.split(",")
         if len(parts) != 3:
             raise CapError(f"reference {token!r} is not sender,identifier,sent",
                            rule="references-format", element="alert/references")
         refs.append(CapRef(*parts))
     infos: list[CapInfo] = []
-    for i, el in enumerate(root.findall(r.ns + "info"), start=1):
-        where = f"alert/info[{i}]"
-        areas = []
-        for j, a in enumerate(el.findall(r.ns + "area"), start=1):
-            aw = f"{where}/area[{j}]"
-            polygons = tuple(_points(p, f"{aw}/polygon") for p in r.texts(a, "polygon"))
-            circles = []
-            for c in r.texts(a, "circle"):
-                centre, _, radius = c.rpartition(" ")
-                pts = _points(centre, f"{aw}/circle")
-                try:
-                    circles.append((pts[0], float(radius)))
-                except (ValueError, IndexError):
-                    raise CapError(f"bad circle {c!r}", rule="geometry",
-                                   element=f"{aw}/circle") from None
-            alt, ceil = r.text(a, "altitude"), r.text(a, "ceiling")
-            areas.append(CapArea(
-                area_desc=r.text(a, "areaDesc") or "", polygons=polygons,
-                circles=tuple(circles), geocodes=r.pairs(a, "geocode"),
-                altitude=float(alt) if alt else None, ceiling=float(ceil) if ceil else None))
+    info_els = top.get("info", [])
+    for i, el in enumerate(info_els, start=1):
+        where = _nth("alert/info", i)
+        k = _kids(el, ns)
+        area_els = k.get("area", [])
+        areas = tuple(_area(a, ns, _nth(f"{where}/area", j), warn)
+                      for j, a in enumerate(area_els, start=1))
         resources = []
-        for res in el.findall(r.ns + "resource"):
-            size = r.text(res, "size")
+        for res in k.get("resource", ()):
+            rk = _kids(res, ns)
+            size = _text(rk, "size")
             resources.append(CapResource(
-                resource_desc=r.text(res, "resourceDesc") or "",
-                mime_type=r.text(res, "mimeType"), size=int(size) if size else None,
-                uri=r.text(res, "uri"), digest=r.text(res, "digest")))
+                resource_desc=_text(rk, "resourceDesc") or "",
+                mime_type=_text(rk, "mimeType"), size=int(size) if size else None,
+                uri=_text(rk, "uri"), digest=_text(rk, "digest")))
         infos.append(CapInfo(
-            language=r.text(el, "language") or "en-US",
-            categories=r.texts(el, "category"), event=r.text(el, "event") or "",
-            response_types=r.texts(el, "responseType"),
-            urgency=r.text(el, "urgency") or "Unknown",
-            severity=r.text(el, "severity") or "Unknown",
-            certainty=r.text(el, "certainty") or "Unknown",
-            audience=r.text(el, "audience"), event_codes=r.pairs(el, "eventCode"),
-            effective=_time(r.text(el, "effective"), f"{where}/effective"),
-            onset=_time(r.text(el, "onset"), f"{where}/onset"),
-            expires=_time(r.text(el, "expires"), f"{where}/expires"),
-            sender_name=r.text(el, "senderName"), headline=r.text(el, "headline"),
-            description=r.text(el, "description"), instruction=r.text(el, "instruction"),
-            web=r.text(el, "web"), contact=r.text(el, "contact"),
-            parameters=r.pairs(el, "parameter"), resources=tuple(resources),
-            areas=tuple(areas)))
+            language=_text(k, "language") or "en-US",
+            categories=_texts(k, "category"), event=_text(k, "event") or "",
+            response_types=_texts(k, "responseType"),
+            urgency=_text(k, "urgency") or "Unknown",
+            severity=_text(k, "severity") or "Unknown",
+            certainty=_text(k, "certainty") or "Unknown",
+            audience=_text(k, "audience"), event_codes=_pairs(k, "eventCode", ns),
+            effective=_time(_text(k, "effective"), f"{where}/effective"),
+            onset=_time(_text(k, "onset"), f"{where}/onset"),
+            expires=_time(_text(k, "expires"), f"{where}/expires"),
+            sender_name=_text(k, "senderName"), headline=_text(k, "headline"),
+            description=_text(k, "description"), instruction=_text(k, "instruction"),
+            web=_text(k, "web"), contact=_text(k, "contact"),
+            parameters=_pairs(k, "parameter", ns), resources=tuple(resources),
+            areas=areas))
     return CapAlert(
-        raw=raw, version=version, identifier=r.text(root, "identifier") or "",
-        sender=r.text(root, "sender") or "", sent=sent, sent_text=sent_text,
-        status=r.text(root, "status") or "", msg_type=r.text(root, "msgType") or "",
-        scope=r.text(root, "scope") or "", source=r.text(root, "source"),
-        restriction=r.text(root, "restriction"), note=r.text(root, "note"),
-        references=tuple(refs), incidents=tuple((r.text(root, "incidents") or "").split()),
-        infos=tuple(infos), signed=root.find(_DSIG) is not None)
+        raw=raw, version=version, identifier=_text(top, "identifier") or "",
+        sender=_text(top, "sender") or "", sent=sent, sent_text=sent_text,
+        status=_text(top, "status") or "", msg_type=_text(top, "msgType") or "",
+        scope=_text(top, "scope") or "", source=_text(top, "source"),
+        restriction=_text(top, "restriction"), note=_text(top, "note"),
+        references=tuple(refs), incidents=tuple((_text(top, "incidents") or "").split()),
+        infos=tuple(infos), signed=root.find(_DSIG) is not None,
+        encoding=encoding)
 
 
-def _check_rules(cap: CapAlert) -> None:
-    """CAP 1.2 §3.2 rules beyond the schema."""
+def _check_rules(cap: CapAlert, warnings: list[CapWarning]) -> None:
+    """CAP 1.2 §3.2 rules beyond the schema, and what we need to act on a message."""
+    for name, value in (("identifier", cap.identifier), ("sender", cap.sender)):
+        # A comma or space would make every <references> naming this message ambiguous.
+        if _BAD_ID_CHARS.search(value):
+            raise CapError(f"{name} {value[:80]!r} contains a space, comma, '<' or '&' "
+                           f"(CAP 1.2 §3.2.1)", rule="identifier-chars",
+                           element=f"alert/{name}")
     if cap.msg_type in ("Update", "Cancel", "Ack", "Error") and not cap.references:
         raise CapError(f"msgType {cap.msg_type} must name the message(s) it refers to",
                        rule="references-required", element="alert/references")
@@ -218,21 +356,58 @@ def _check_rules(cap: CapAlert) -> None:
         raise CapError(f"msgType {cap.msg_type} needs at least one <info>",
                        rule="info-required", element="alert/info")
     for i, info in enumerate(cap.infos, start=1):
-        if info.expires is not None and info.expires <= cap.sent:
-            raise CapError(f"expires {info.expires.isoformat()} is not after sent "
-                           f"{cap.sent.isoformat()}", rule="expires-before-sent",
-                           element=f"alert/info[{i}]/expires")
-        for j, area in enumerate(info.areas, start=1):
-            for poly in area.polygons:
-                if len(poly) < 4 or poly[0] != poly[-1]:
-                    raise CapError("a polygon needs 4 or more points, first equal to last",
-                                   rule="polygon-closed",
-                                   element=f"alert/info[{i}]/area[{j}]/polygon")
-            for pt in [p for poly in area.polygons for p in poly] + [
-                    c[0] for c in area.circles]:
-                if not (-90 <= pt[0] <= 90 and -180 <= pt[1] <= 180):
-                    raise CapError(f"coordinate {pt} is outside WGS 84", rule="geometry",
-                                   element=f"alert/info[{i}]/area[{j}]")
+        where = _nth("alert/info", i)
+        # No CAP rule forbids it: Updates and Cancels that end a warning carry it. Only a
+        # new Alert that ends before it starts is odd (it is kept as expired on arrival).
+        if (cap.msg_type == "Alert" and info.expires is not None
+                and info.expires <= cap.sent):
+            warnings.append(CapWarning(
+                "expires-before-sent", f"{where}/expires",
+                f"expires {info.expires.isoformat()} is not after sent "
+                f"{cap.sent.isoformat()}"))
+        for kind, pairs in (("eventCode", info.event_codes), ("parameter", info.parameters)):
+            for name, value in pairs:
+                if not name or (kind == "eventCode" and not value):
+                    warnings.append(CapWarning(
+                        f"{kind.lower()}-odd", f"{where}/{kind}",
+                        f"{kind} {name!r}={value!r} has an empty name or value; ignored"))
+        for name, value in unreadable_levels(info):
+            warnings.append(CapWarning(
+                "level-unmapped", where,
+                f"level {name}={value!r} names no colour or grade we know"))
+    _check_level(cap)
+    _check_areas(cap, warnings)
+
+
+def _check_level(cap: CapAlert) -> None:
+    """The sender stated a level we cannot read and gave no severity: we cannot tell whom
+    to warn (a red warning sent as blue misses the people the policy reaches at red)."""
+    if cap.msg_type not in ("Alert", "Update") or not cap.infos:
+        return
+    stated_unreadable = any(unreadable_levels(info) for info in cap.infos)
+    if (stated_unreadable and all(stated_colour(info) is None for info in cap.infos)
+            and not any(severity_known(info) for info in cap.infos)):
+        values = [v for info in cap.infos for _, v in unreadable_levels(info)]
+        raise CapError(f"level {values[0][:40]!r} names no colour or grade we know and "
+                       f"severity is Unknown", rule="level-unknown", element="alert/info")
+
+
+#: Warnings for a polygon or circle left out (the others mend it and keep it).
+_SHAPE_IGNORED = ("geometry", "polygon-degenerate")
+
+
+def _check_areas(cap: CapAlert, warnings: list[CapWarning]) -> None:
+    """Every place the sender named was flawed: we cannot tell where to warn."""
+    if cap.msg_type not in ("Alert", "Update"):
+        return
+    ignored = [w for w in warnings if w.rule in _SHAPE_IGNORED]
+    if not ignored:
+        return
+    usable = any(area.polygons or area.circles or any(v for _, v in area.geocodes)
+                 for info in cap.infos for area in info.areas)
+    if not usable:
+        raise CapError(f"no area can be read: {ignored[0].message}", rule="area-unusable",
+                       element=ignored[0].element)
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,7 +103,11 @@ alerts = Table(
     Column("areas", JSON, nullable=False),  # list of region codes asked for
     Column("onset", Float, nullable=True),
     Column("expires", Float, nullable=True),
-    Column("raw", Text, nullable=True),  # the source verbatim (CAP XML, composer JSON)
+    Column("raw", Text, nullable=True),  # the source as text, for display
+    #: CAP: the message's bytes exactly as received (any encoding); ``raw`` is their text.
+    Column("raw_bytes", LargeBinary, nullable=True),
+    #: Flaws accepted with the message: [{rule, element, message}] (docs/feeds.md, Leniency).
+    Column("warnings", JSON, nullable=True),
     #: Other languages' texts (CAP info blocks): {lang: {event, headline, description,
     #: instruction}}; the columns above hold the primary (Chinese) text.
     Column("translations", JSON, nullable=True),
