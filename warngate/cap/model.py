@@ -111,7 +111,7 @@ class CapAlert:
     infos: tuple[CapInfo, ...]
     #: An XML signature is present (verification is configured per sender).
     signed: bool
-    #: Flaws accepted (see ``CapWarning``), in document order.
+    #: Flaws accepted (see ``CapWarning``), in the order found.
     warnings: tuple[CapWarning, ...] = ()
     #: The Python codec that reads ``raw`` (from its BOM or XML declaration).
     encoding: str = "utf-8"

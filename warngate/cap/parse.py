@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import codecs
 import functools
+import itertools
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -167,10 +169,16 @@ def _texts(kids: _Kids, name: str) -> tuple[str, ...]:
 
 
 def _pairs(kids: _Kids, name: str, ns: str) -> tuple[Pair, ...]:
+    value_name, value = ns + "valueName", ns + "value"
     out = []
-    for c in kids.get(name, ()):
-        sub = _kids(c, ns)
-        out.append((_text(sub, "valueName") or "", _text(sub, "value") or ""))
+    for c in kids.get(name, ()):  # often dozens of geocodes: no _kids() for each
+        n = v = None
+        for g in c:
+            if g.tag == value_name and n is None:
+                n = (g.text or "").strip()
+            elif g.tag == value and v is None:
+                v = (g.text or "").strip()
+        out.append((n or "", v or ""))
     return tuple(out)
 
 
@@ -199,19 +207,42 @@ def _in_range(pt: Point) -> bool:
     return -90 <= pt[0] <= 90 and -180 <= pt[1] <= 180
 
 
-def _polygon(text: str, where: str, warn: Warn) -> tuple[Point, ...] | None:
-    """The polygon, mended where its meaning is plain; None (with a warning) if unusable."""
+#: "lat,lon lat,lon ...": read in bulk (most of a big message's time went on its polygons).
+_PAIRS = re.compile(r"\s*[^\s,]+,[^\s,]+(?:\s+[^\s,]+,[^\s,]+)*\s*")
+
+
+def _coordinates(text: str) -> list[float]:
+    """lat, lon, lat, lon, ... of a polygon; ValueError if they are not lat,lon pairs."""
+    if _PAIRS.fullmatch(text):
+        return list(map(float, text.replace(",", " ").split()))
+    # Rare forms ("lat,lon,alt") and every error, one point at a time.
+    return [x for pt in map(_point, text.split()) for x in pt]
+
+
+#: Polygons read so far, with where they are: their rings are checked all at once.
+_Rings = list[tuple[tuple[Point, ...], str, list[float]]]
+
+
+def _polygon(text: str, where: str, warn: Warn, rings: _Rings) -> tuple[Point, ...] | None:
+    """The polygon, mended where its meaning is plain; None (with a warning) if unusable.
+
+    Whether its ring is simple is checked later for all polygons of the message together
+    (``_check_rings``): one call into GEOS instead of several per polygon."""
     try:
-        pts = tuple(map(_point, text.split()))
+        flat = _coordinates(text)
     except ValueError:
         warn("geometry", where, f"coordinates {text[:80]!r} are not lat,lon pairs; "
              f"polygon ignored")
         return None
-    bad = next((p for p in pts if not _in_range(p)), None)
-    if bad is not None:
+    lats, lons = flat[0::2], flat[1::2]
+    pts = tuple(zip(lats, lons, strict=True))
+    # A NaN anywhere makes the sum NaN (and min/max would step over it).
+    if (math.isnan(sum(lats) + sum(lons)) or min(lats) < -90 or max(lats) > 90
+            or min(lons) < -180 or max(lons) > 180):
+        bad = next(p for p in pts if not _in_range(p))
         warn("geometry", where, f"coordinate {bad} is outside WGS 84; polygon ignored")
         return None
-    if len(dict.fromkeys(pts)) < 3:
+    if len(set(pts)) < 3:
         warn("polygon-degenerate", where,
              f"{len(pts)} points, fewer than 3 distinct; polygon ignored")
         return None
@@ -219,32 +250,42 @@ def _polygon(text: str, where: str, warn: Warn) -> tuple[Point, ...] | None:
         # Its outline is still plain: close it rather than lose the area.
         warn("polygon-closed", where, "first point is not the last; closed by warngate")
         pts = (*pts, pts[0])
-    problem = _ring_problem(pts)
-    if problem == "empty":
-        warn("polygon-degenerate", where, "the points enclose no area; polygon ignored")
-        return None
-    if problem:
-        # Real services publish rings that touch or cross themselves (Met Éireann's do);
-        # the area is still plain, and matching repairs the ring (warngate/geomatch.py).
-        warn("polygon-self-intersecting", where, f"{problem}; used as repaired")
+        flat += flat[:2]
+    rings.append((pts, where, flat))
     return pts
 
 
-def _ring_problem(pts: tuple[Point, ...]) -> str | None:
-    """None for a simple ring; "empty" for one that encloses nothing; else the flaw."""
+def _check_rings(rings: _Rings, warn: Warn) -> list[tuple[Point, ...]]:
+    """Flag rings that cross themselves; return those that enclose no area (to drop)."""
+    if not rings:
+        return []
     # Imported here: shapely costs a tenth of a second, and most messages have no polygon.
+    import numpy as np
     import shapely
     from shapely.validation import explain_validity
 
-    ring = shapely.Polygon([(lon, lat) for lat, lon in pts])
-    valid = ring.is_valid
-    # Square degrees: a hundredth of a square metre, i.e. the points lie on a line. A bow
-    # tie's lobes cancel in ``ring.area``: measure the repaired shape.
-    if (ring.area if valid else shapely.make_valid(ring).area) < 1e-12:
-        return "empty"
-    if valid:
-        return None
-    return str(explain_validity(ring)).split("[")[0].strip() or "not a simple ring"
+    coords = np.fromiter(itertools.chain.from_iterable(flat for _, _, flat in rings),
+                         float).reshape(-1, 2)[:, ::-1]  # (lon, lat)
+    which = np.repeat(np.arange(len(rings)), [len(pts) for pts, _, _ in rings])
+    shapes = shapely.polygons(shapely.linearrings(coords, indices=which))
+    valid = shapely.is_valid(shapes)
+    # Square degrees: a hundredth of a square metre, i.e. the points are on a line. The
+    # hull, not the ring: a bow tie's lobes cancel in its signed area.
+    hull_area = shapely.area(shapely.convex_hull(shapes))
+    empty = []
+    for n, (pts, where, _) in enumerate(rings):
+        if hull_area[n] < 1e-12:
+            empty.append(pts)
+        elif not valid[n]:
+            # Real services publish rings that touch or cross themselves (Met Éireann's
+            # do); the area is still plain, and matching repairs the ring (geomatch.py).
+            problem = str(explain_validity(shapes[n])).split("[")[0].strip()
+            warn("polygon-self-intersecting", where,
+                 f"{problem or 'not a simple ring'}; used as repaired")
+    for pts, where, _ in rings:
+        if any(pts is e for e in empty):
+            warn("polygon-degenerate", where, "the points enclose no area; polygon ignored")
+    return empty
 
 
 def _circle(text: str, where: str, warn: Warn) -> tuple[Point, float] | None:
@@ -261,11 +302,11 @@ def _circle(text: str, where: str, warn: Warn) -> tuple[Point, float] | None:
     return pt, r
 
 
-def _area(a: etree._Element, ns: str, where: str, warn: Warn) -> CapArea:
+def _area(a: etree._Element, ns: str, where: str, warn: Warn, rings: _Rings) -> CapArea:
     k = _kids(a, ns)
     polys = _texts(k, "polygon")
     polygons = tuple(p for i, text in enumerate(polys, start=1)
-                     if (p := _polygon(text, _nth(f"{where}/polygon", i), warn)))
+                     if (p := _polygon(text, _nth(f"{where}/polygon", i), warn, rings)))
     circs = _texts(k, "circle")
     circles = tuple(c for i, text in enumerate(circs, start=1)
                     if (c := _circle(text, _nth(f"{where}/circle", i), warn)))
@@ -285,6 +326,7 @@ def _build(root: etree._Element, raw: bytes, version: str, encoding: str,
     def warn(rule: str, element: str, message: str) -> None:
         warnings.append(CapWarning(rule, element, message))
 
+    rings: _Rings = []
     ns = "{" + (etree.QName(root).namespace or "") + "}"
     top = _kids(root, ns)
     sent_text = _text(top, "sent") or ""
@@ -303,7 +345,7 @@ def _build(root: etree._Element, raw: bytes, version: str, encoding: str,
         where = _nth("alert/info", i)
         k = _kids(el, ns)
         area_els = k.get("area", [])
-        areas = tuple(_area(a, ns, _nth(f"{where}/area", j), warn)
+        areas = tuple(_area(a, ns, _nth(f"{where}/area", j), warn, rings)
                       for j, a in enumerate(area_els, start=1))
         resources = []
         for res in k.get("resource", ()):
@@ -329,6 +371,9 @@ def _build(root: etree._Element, raw: bytes, version: str, encoding: str,
             web=_text(k, "web"), contact=_text(k, "contact"),
             parameters=_pairs(k, "parameter", ns), resources=tuple(resources),
             areas=areas))
+    empty = _check_rings(rings, warn)
+    if empty:
+        infos = [_without(info, empty) for info in infos]
     return CapAlert(
         raw=raw, version=version, identifier=_text(top, "identifier") or "",
         sender=_text(top, "sender") or "", sent=sent, sent_text=sent_text,
@@ -338,6 +383,14 @@ def _build(root: etree._Element, raw: bytes, version: str, encoding: str,
         references=tuple(refs), incidents=tuple((_text(top, "incidents") or "").split()),
         infos=tuple(infos), signed=root.find(_DSIG) is not None,
         encoding=encoding)
+
+
+def _without(info: CapInfo, drop: list[tuple[Point, ...]]) -> CapInfo:
+    import dataclasses
+
+    areas = tuple(dataclasses.replace(a, polygons=tuple(
+        p for p in a.polygons if not any(p is d for d in drop))) for a in info.areas)
+    return dataclasses.replace(info, areas=areas)
 
 
 def _check_rules(cap: CapAlert, warnings: list[CapWarning]) -> None:
