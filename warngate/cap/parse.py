@@ -269,12 +269,12 @@ def _check_rings(rings: _Rings, warn: Warn) -> list[tuple[Point, ...]]:
     which = np.repeat(np.arange(len(rings)), [len(pts) for pts, _, _ in rings])
     shapes = shapely.polygons(shapely.linearrings(coords, indices=which))
     valid = shapely.is_valid(shapes)
-    # Square degrees: a hundredth of a square metre, i.e. the points are on a line. The
-    # hull, not the ring: a bow tie's lobes cancel in its signed area.
-    hull_area = shapely.area(shapely.convex_hull(shapes))
+    area = shapely.area(shapes)
     empty = []
     for n, (pts, where, _) in enumerate(rings):
-        if hull_area[n] < 1e-12:
+        # Square degrees: a hundredth of a square metre, i.e. the points are on a line. A
+        # bow tie's lobes cancel in its area: then the hull says (costly, so only then).
+        if area[n] < 1e-12 and float(shapely.area(shapely.convex_hull(shapes[n]))) < 1e-12:
             empty.append(pts)
         elif not valid[n]:
             # Real services publish rings that touch or cross themselves (Met Éireann's
