@@ -51,6 +51,10 @@ class FeedServer:
     slow_paths: set[str] = field(default_factory=set)
     chunk_size: int = 16_384
     chunk_delay: float = 0.005
+    #: Path → an event the answer waits for (the path is in ``waiting`` meanwhile): a test
+    #: stops a poller while it is certainly waiting for that answer.
+    hold: dict[str, asyncio.Event] = field(default_factory=dict)
+    waiting: set[str] = field(default_factory=set)
     #: (path, If-None-Match, status) of every request.
     log: list[tuple[str, str, int]] = field(default_factory=list)
     server: TestServer | None = None
@@ -98,6 +102,10 @@ class FeedServer:
     async def _serve(self, request: web.Request, body: bytes, ctype: str
                      ) -> web.StreamResponse:
         path, inm = request.path, request.headers.get("If-None-Match", "")
+        if (held := self.hold.get(path)) is not None:
+            self.waiting.add(path)
+            await held.wait()
+            self.waiting.discard(path)
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail_next or self.fail_paths.get(path):

@@ -94,6 +94,9 @@ class FeedPoller:
     status: dict[str, FeedStatus] = field(default_factory=dict)
     #: Trusted signing certificates (PEM) for a CAP sender; none means "report only".
     trusted: Callable[[str], list[str]] = lambda _sender: []
+    #: Entries accepted per write to ``feed_entries``; a poll that stops loses at most
+    #: these (fetched again, then recognised as the alerts they already are).
+    remember_every: int = 50
     _session: aiohttp.ClientSession | None = None
 
     def __post_init__(self) -> None:
@@ -173,17 +176,31 @@ class FeedPoller:
             log.warning("feed %s: %d new entries; taking %d now, the rest at the next poll",
                         feed.name, len(new), feed.max_entries)
         accepted, failed = 0, []
+        done: list[dict[str, Any]] = []  # feed_entries rows not yet written
         for entry in new[: feed.max_entries]:
             try:
-                accepted += await self._take(feed, st, entry)
+                new_alert, outcome = await self._take(feed, st, entry)
             except FeedError as exc:
                 # Not remembered: tried again at the next poll.
                 log.warning("feed %s: entry %s: %s (tried again at the next poll)",
                             feed.name, entry.key, exc)
                 failed.append(f"entry {entry.key}: {exc}")
+                continue
             except Exception as exc:  # one entry's bug must not hold back the entries after it
                 log.exception("feed %s: entry %s failed", feed.name, entry.key)
                 failed.append(f"entry {entry.key}: internal error: {exc!r}")
+                continue
+            accepted += new_alert
+            done.append({"feed": feed.name, "entry_key": entry.key, "url": entry.url,
+                         "outcome": outcome[:500], "at": time.time()})
+            # One write per batch, not per entry: commits are most of the cost of an entry.
+            # Entries taken but not yet written when the poll stops are fetched again and
+            # found to be the alerts they already are; a refusal is written at once, so it
+            # is kept in rejected_inputs once.
+            if len(done) >= self.remember_every or outcome != "accepted":
+                await self._remember(done)
+                done = []
+        await self._remember(done)
         st.retrying = len(failed)
         if failed:
             st.last_error = "; ".join(failed[:3]) + (
@@ -214,64 +231,63 @@ class FeedPoller:
         except aiohttp.ClientError as exc:  # refused, reset, a body cut short
             raise FeedError(f"GET {url}: {exc}") from exc
 
-    async def _take(self, feed: FeedSettings, st: FeedStatus, entry: Entry) -> int:
-        """Fetch (if needed), parse and accept one entry, and remember it; 1 for a new alert.
+    async def _take(self, feed: FeedSettings, st: FeedStatus, entry: Entry
+                    ) -> tuple[int, str]:
+        """Fetch (if needed), parse and accept one entry, or keep its refusal.
 
-        Raises FeedError, leaving the entry to the next poll, when its message could not be
-        fetched whole.
+        Returns (1 for a new alert else 0, the outcome to remember). Raises FeedError,
+        leaving the entry to the next poll, when its message could not be fetched whole.
         """
         from warngate.cap import CapError, parse_cap, verify_signature
         from warngate.sources import cap_to_alert_with_geometry
 
         source = f"feed {feed.name}"
         if entry.problem is not None:
-            return await self._remember(feed, st, entry, source, entry.problem, entry.body)
+            return 0, await self._refuse(st, entry, source, entry.problem, entry.body)
         body = entry.embedded
         if body is None:
             assert entry.url is not None
             try:
                 _, body, _ = await self._get(feed, entry.url, dict(feed.headers))
             except TooLarge as exc:
-                return await self._remember(
-                    feed, st, entry, source,
+                return 0, await self._refuse(
+                    st, entry, source,
                     f"too-large: {exc}; raise feeds[].max_bytes to take it", exc.head)
-        reason, new_alert = None, 0
         try:
             cap = parse_cap(body, max_bytes=feed.max_bytes)
         except CapError as exc:
-            reason = str(exc)
-        else:
-            signature = verify_signature(cap, self.trusted(cap.sender))
-            if feed.senders and cap.sender not in feed.senders:
-                reason = f"sender {cap.sender!r} is not allowed for feed {feed.name}"
-            elif signature.outcome == "invalid":
-                reason = f"signature-invalid: {signature.detail}"
-            else:
-                new = await cap_to_alert_with_geometry(self.store, cap, actor=source,
-                                                       signature=signature)
-                # The same message under a second key is the same alert: accept() says so.
-                new_alert = 0 if (await self.alerts.accept(new, actor=source)).duplicate else 1
-                st.accepted += 1
-        await self._remember(feed, st, entry, source, reason, body)
-        return new_alert
+            return 0, await self._refuse(st, entry, source, str(exc), body)
+        signature = verify_signature(cap, self.trusted(cap.sender))
+        if feed.senders and cap.sender not in feed.senders:
+            return 0, await self._refuse(
+                st, entry, source,
+                f"sender {cap.sender!r} is not allowed for feed {feed.name}", body)
+        if signature.outcome == "invalid":
+            return 0, await self._refuse(st, entry, source,
+                                         f"signature-invalid: {signature.detail}", body)
+        new = await cap_to_alert_with_geometry(self.store, cap, actor=source,
+                                               signature=signature)
+        # The same message under a second key is the same alert: accept() says so.
+        duplicate = (await self.alerts.accept(new, actor=source)).duplicate
+        st.accepted += 1
+        return (0 if duplicate else 1), "accepted"
 
-    async def _remember(self, feed: FeedSettings, st: FeedStatus, entry: Entry, source: str,
-                        reason: str | None, body: bytes | None) -> int:
-        """Record the entry as taken (so it is never fetched again); keep a refusal."""
-        outcome = "accepted"
-        if reason is not None:
-            outcome = f"rejected: {reason}"
-            st.rejected += 1
-            await record_rejection(self.store, entry_point=source, source=entry.url or
-                                   entry.key, reason=reason, body=body,
-                                   content_type="application/cap+xml")
+    async def _refuse(self, st: FeedStatus, entry: Entry, source: str, reason: str,
+                      body: bytes | None) -> str:
+        """Keep a refused entry in rejected_inputs; the outcome to remember."""
+        st.rejected += 1
+        await record_rejection(self.store, entry_point=source, source=entry.url or entry.key,
+                               reason=reason, body=body, content_type="application/cap+xml")
+        return f"rejected: {reason}"
+
+    async def _remember(self, rows: list[dict[str, Any]]) -> None:
+        """Record entries as done, so they are never fetched again."""
+        if not rows:
+            return
         async with self.store.write() as conn:
-            # Another process polling the same feed may have taken the entry meanwhile.
+            # Another process polling the same feed may have taken an entry meanwhile.
             dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-            await conn.execute(dialect_insert(feed_entries).values(
-                feed=feed.name, entry_key=entry.key, url=entry.url, outcome=outcome[:500],
-                at=time.time()).on_conflict_do_nothing())
-        return 1 if outcome == "accepted" else 0
+            await conn.execute(dialect_insert(feed_entries).on_conflict_do_nothing(), rows)
 
     async def _seen(self, feed: str, keys: list[str]) -> set[str]:
         found: set[str] = set()
