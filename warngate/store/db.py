@@ -17,8 +17,12 @@ T = TypeVar("T")
 
 #: Connections (and concurrent queries) for receipt boards and API reads, by default.
 BOARD_POOL_SIZE = 4
-#: How long one board answer serves every reader who asks for it.
+#: How long one board answer serves every reader who asks for it, at least.
 SHARE_FOR = 1.0
+#: ... and at least this many times as long as counting it took: when the database is
+#: busy sending, a board's count slows down, and counting it again at once would take
+#: the database from the senders (a board then shows counts a few seconds older).
+SHARE_PER_COST = 4.0
 
 
 class Store:
@@ -53,7 +57,7 @@ class Store:
         self._board_slots = asyncio.Semaphore(board_pool_size)
         self._share_for = share_for
         self._clock = clock
-        self._answers: dict[Hashable, tuple[float, Any]] = {}
+        self._answers: dict[Hashable, tuple[float, Any]] = {}  # key: (fresh until, answer)
         self._pending: dict[Hashable, asyncio.Future[Any]] = {}
 
     @classmethod
@@ -98,7 +102,7 @@ class Store:
         self, key: Hashable, query: Callable[[AsyncConnection], Awaitable[T]]
     ) -> T:
         """``query``'s answer for ``key``: one query at a time on the board pool, and none
-        within ``share_for`` of the last answer.
+        within ``share_for`` (or ``SHARE_PER_COST`` times what it cost) of the last answer.
 
         A hundred open boards then cost what one does: callers within ``share_for`` of the
         last answer get it as it is, and callers arriving while it is being computed wait
@@ -107,7 +111,7 @@ class Store:
         """
         while True:
             hit = self._answers.get(key)
-            if hit is not None and self._clock() - hit[0] < self._share_for:
+            if hit is not None and self._clock() < hit[0]:
                 return cast(T, hit[1])
             pending = self._pending.get(key)
             if pending is None:
@@ -122,6 +126,7 @@ class Store:
         self._pending[key] = pending
         try:
             async with self.board() as conn:
+                started = self._clock()
                 answer = await query(conn)
         except asyncio.CancelledError:
             pending.cancel()
@@ -134,16 +139,17 @@ class Store:
             del self._pending[key]
         # Aged from when it arrived, not when it was asked: a board that takes longer than
         # ``share_for`` to count still leaves the database idle between two counts.
-        self._keep(key, self._clock(), answer)
+        now = self._clock()
+        self._keep(key, now + max(self._share_for, SHARE_PER_COST * (now - started)), answer)
         pending.set_result(answer)
         return answer
 
-    def _keep(self, key: Hashable, taken_at: float, answer: Any) -> None:
+    def _keep(self, key: Hashable, fresh_until: float, answer: Any) -> None:
         if len(self._answers) >= 256:  # boards of past alerts: drop what has gone stale
             now = self._clock()
-            for old in [k for k, (t, _) in self._answers.items() if now - t >= self._share_for]:
+            for old in [k for k, (t, _) in self._answers.items() if now >= t]:
                 del self._answers[old]
-        self._answers[key] = (taken_at, answer)
+        self._answers[key] = (fresh_until, answer)
 
     def sql(self, statement: str) -> str:
         """Driver SQL written with ``?`` placeholders, in this driver's parameter style.
