@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import weakref
+from functools import partial
 from pathlib import Path
+from threading import Thread
 from typing import Any
 
+import aiosqlite
+from aiosqlite.context import contextmanager as _aiosqlite_result
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event
@@ -12,6 +19,73 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _release(conn: sqlite3.Connection, cursors: weakref.WeakSet[sqlite3.Cursor]) -> None:
+    """Close ``conn`` so that it lets go of the database file at once, on its own thread.
+
+    ``sqlite3.Connection.close()`` alone does not: while any of its statements is still held
+    by a cursor, SQLite only marks the connection a zombie (``sqlite3_close_v2``), and the
+    zombie keeps its open transaction, write lock included, until the last such cursor is
+    garbage. A task cancelled inside ``execute`` leaves exactly that: SQLAlchemy takes the
+    CancelledError for a lost connection and closes it without a rollback, and the error's
+    traceback keeps the cursor alive for as long as anyone keeps the cancelled task or the
+    error. Every later write then waited out the 30 s busy timeout.
+    So: close every cursor (resetting its statement), roll back, then close.
+    """
+    for cursor in list(cursors):
+        with contextlib.suppress(sqlite3.Error):  # the rollback below runs all the same
+            cursor.close()
+    with contextlib.suppress(sqlite3.Error):  # so does the close, which rolls back too
+        conn.rollback()  # nothing half-written commits, and the write lock is freed now
+    conn.close()
+
+
+class _Connection(aiosqlite.Connection):
+    """aiosqlite's connection, whose close and stop always end its transaction first.
+
+    Both queue :func:`_release` on the connection's own thread, behind any statement still
+    running there (a cancelled ``execute`` keeps running to its end), so it cannot be
+    overtaken, and without awaiting it, so a cancelled caller does not undo it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cursors: weakref.WeakSet[sqlite3.Cursor] = weakref.WeakSet()
+
+    def _new_cursor(self) -> sqlite3.Cursor:
+        cursor = self._conn.cursor()
+        self._cursors.add(cursor)  # on the connection's thread, as _release reads it there
+        return cursor
+
+    @_aiosqlite_result
+    async def cursor(self) -> aiosqlite.Cursor:
+        # aiosqlite's own cursor(), but the cursor made (and recorded) by _new_cursor.
+        raw = await self._execute(self._new_cursor)  # type: ignore[no-untyped-call]
+        return aiosqlite.Cursor(self, raw)
+
+    def _queue_release(self) -> None:
+        if self._connection is not None and self._running:
+            self._tx.put_nowait((None, partial(_release, self._connection, self._cursors)))
+
+    async def close(self) -> None:
+        self._queue_release()
+        await super().close()
+
+    def stop(self) -> Any:  # SQLAlchemy's terminate, when a graceful close fails
+        self._queue_release()
+        return super().stop()
+
+
+async def _connect_sqlite(database: str, **kwargs: Any) -> aiosqlite.Connection:
+    """``aiosqlite.connect`` with :class:`_Connection`: SQLAlchemy calls it with the
+    arguments it built from the URL and ``connect_args``."""
+    conn = _Connection(partial(sqlite3.connect, database, **kwargs), iter_chunk_size=64)
+    # A worker thread left behind must not keep the process alive (SQLAlchemy does this
+    # for the connections it makes itself).
+    thread = conn if isinstance(conn, Thread) else conn._thread
+    thread.daemon = True
+    return await conn
 
 
 def is_postgres(engine: AsyncEngine) -> bool:
@@ -37,7 +111,10 @@ def make_engine(
         db = parsed.database
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": 30}
+        # ``async_creator_fn`` (what ``create_async_engine(async_creator=)`` sets) receives
+        # the filename and the options SQLAlchemy derived from the URL, unlike
+        # ``async_creator`` itself.
+        kwargs["connect_args"] = {"timeout": 30, "async_creator_fn": _connect_sqlite}
     else:
         kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
     if pool_size is not None:
