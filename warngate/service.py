@@ -374,7 +374,8 @@ class Gateway:
 async def running_gateway(
     settings: Settings, policy: Policy, adapters: list[Adapter]
 ) -> AsyncIterator[Gateway]:
-    store = await Store.open(settings.database.url, echo=settings.database.echo)
+    store = await Store.open(settings.database.url, echo=settings.database.echo,
+                             board_pool_size=settings.database.board_pool_size)
     try:
         async with Gateway(settings, policy, store, adapters) as gateway:
             yield gateway
