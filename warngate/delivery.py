@@ -13,7 +13,7 @@ backend types differently from the other: PostgreSQL types an untyped parameter 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -184,6 +184,33 @@ def record(event: Event, *conditions: ColumnElement[bool], **values: Any) -> Upd
                            else_=deliveries.c.state),
                 **values)
     )
+
+
+class Batch:
+    """A statement of this module run for many rows at once, as the hot paths need.
+
+    Compiled once per dialect (typed: PostgreSQL's text carries ``$n::TYPE`` casts) and run
+    with plain tuples through the driver: SQLAlchemy's per-row parameter handling cost a
+    third of the lanes' throughput. Parameters a row does not give take the statement's own
+    values (the target state).
+    """
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        self._compiled: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
+
+    async def run(self, conn: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        dialect = conn.dialect
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self.statement.compile(dialect=dialect)
+            names = tuple(compiled.positiontup or ())
+            found = self._compiled[dialect.name] = (str(compiled), names, dict(compiled.params))
+        sql, names, defaults = found
+        await conn.exec_driver_sql(
+            sql, [tuple(row[n] if n in row else defaults[n] for n in names) for row in rows])
 
 
 # -- typed parameters ------------------------------------------------------------------------

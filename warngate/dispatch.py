@@ -31,6 +31,7 @@ from warngate.adapter import (
     TransientError,
 )
 from warngate.delivery import (
+    Batch,
     Event,
     clean_text,
     escalate_now_if_waiting,
@@ -341,7 +342,7 @@ async def write_results(conn: AsyncConnection, batch: Sequence[_Result]) -> None
             "b_id": r.delivery_id, "b_ref": clean_text(r.provider_ref, 64),
             "b_error": clean_text(r.error), "b_at": r.retry_at, "b_now": now})
     for event, params in by_event.items():
-        await conn.execute(_RESULT_MOVES[event], params)
+        await _RESULT_MOVES[event].run(conn, params)
 
 
 _OUTCOME_EVENT = {
@@ -353,7 +354,7 @@ _OUTCOME_EVENT = {
     "released": Event.RELEASED,
 }
 _BY_ID = deliveries.c.id == p_id()
-_RESULT_MOVES = {
+_RESULT_MOVES = {k: Batch(v) for k, v in {
     # The provider's reference is kept even where a fast receipt already moved the row on:
     # later receipts find the row by it.
     Event.SENT: record(Event.SENT, _BY_ID, provider_ref=p_str("b_ref"),
@@ -372,7 +373,7 @@ _RESULT_MOVES = {
     # Not sent, nothing more to do for it: no escalation, no repeat.
     Event.DROPPED: move(Event.DROPPED, _BY_ID, last_error=p_text("b_error"),
                         lease_until=None, escalate_at=None),
-}
+}.items()}
 
 
 async def requeue_due(store: Store) -> int:
