@@ -151,18 +151,6 @@ class Store:
                 del self._answers[old]
         self._answers[key] = (fresh_until, answer)
 
-    def sql(self, statement: str) -> str:
-        """Driver SQL written with ``?`` placeholders, in this driver's parameter style.
-
-        Hot paths (thousands of rows a second) use ``exec_driver_sql`` with plain tuples:
-        SQLAlchemy's per-row parameter processing costs more than SQLite's own work there.
-        """
-        if not self.is_postgres:
-            return statement
-        parts = statement.split("?")
-        return "".join(p + (f"${i}" if i < len(parts) else "")
-                       for i, p in enumerate(parts, start=1))
-
     async def close(self) -> None:
         try:
             if self.board_engine is not self.engine:
