@@ -25,10 +25,10 @@ from warngate.delivery import REACHED, Event, in_states, move, plan_insert
 from warngate.planning import Targets, estimate_recipients, priority_of, resolve_targets
 from warngate.policy import LEVELS, Policy
 from warngate.store import Store
-from warngate.store.schema import alerts, audit_log, deliveries, rejected_inputs
+from warngate.store.schema import LIVE_ALERT_STATES, alerts, audit_log, deliveries, rejected_inputs
 
 REJECTED_BODY_LIMIT = 2 * 1024 * 1024
-_LIVE = ("dispatching", "active")
+_LIVE = LIVE_ALERT_STATES
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,12 +47,12 @@ from warngate.messages import AlertText, render
 from warngate.phone import mask
 from warngate.settings import AdapterSettings, DispatchSettings
 from warngate.store import Store
-from warngate.store.schema import alerts, contacts, deliveries
+from warngate.store.schema import LIVE_ALERT_STATES, alerts, contacts, deliveries
 from warngate.waiting import wait_set
 
 log = logging.getLogger(__name__)
 
-_LIVE_ALERT_STATES = frozenset({"dispatching", "active"})
+_LIVE_ALERT_STATES = frozenset(LIVE_ALERT_STATES)
 
 
 class RateLimiter:

@@ -64,11 +64,11 @@ from warngate.delivery import DeliveryState as S
 from warngate.planning import priority_of
 from warngate.policy import LEVELS, ROLE_PRIORITY, Policy
 from warngate.store import Store
-from warngate.store.schema import alerts, contacts, deliveries, speakers
+from warngate.store.schema import LIVE_ALERT_STATES, alerts, contacts, deliveries, speakers
 
 log = logging.getLogger(__name__)
 
-_LIVE = ("dispatching", "active")
+_LIVE = LIVE_ALERT_STATES
 #: Overdue deliveries per transaction: 100,000 overdue people take ten, and a sweep's row
 #: locks and its rollback after a crash stay small.
 CHUNK = 10_000

@@ -51,6 +51,7 @@ from warngate.delivery import (
 from warngate.phone import mask
 from warngate.store import Store
 from warngate.store.schema import (
+    LIVE_ALERT_STATES,
     acknowledgements,
     alerts,
     contacts,
@@ -281,7 +282,7 @@ class ReceiptWriter:
         return retry
 
 
-_LIVE_ALERT = frozenset({"dispatching", "active"})
+_LIVE_ALERT = frozenset(LIVE_ALERT_STATES)
 
 
 def _store_unavailable(exc: BaseException) -> bool:

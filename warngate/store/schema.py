@@ -319,6 +319,10 @@ hydro_state = Table(
     Column("last_ref", Text, nullable=True),
 )
 
+#: An alert in these states is still being delivered: its messages go out, its people are
+#: escalated, its links acknowledge.
+LIVE_ALERT_STATES = ("dispatching", "active")
+
 ALERT_STATES = (
     "pending_approval",
     "dispatching",
