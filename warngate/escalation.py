@@ -38,6 +38,7 @@ from sqlalchemy import (
     String,
     Update,
     and_,
+    any_,
     case,
     exists,
     func,
@@ -119,9 +120,13 @@ async def _claim(
         last = (await conn.execute(select(func.max(deliveries.c.id)))).scalar_one()
         due = (due.where(deliveries.c.id <= (last or 0))
                .order_by(deliveries.c.escalate_at, deliveries.c.id).limit(limit))
+    # PostgreSQL: ``id = ANY(ARRAY(...))`` looks the chunk up by key; ``id IN (...)`` was
+    # planned as a hash join over a scan of every delivery, once per chunk.
+    chunk = (deliveries.c.id == any_(func.array(due.scalar_subquery()))
+             if store.is_postgres else deliveries.c.id.in_(due))
     take = (
         update(deliveries)
-        .where(deliveries.c.id.in_(due), alerts.c.id == deliveries.c.alert_id)
+        .where(chunk, alerts.c.id == deliveries.c.alert_id)
         .values(escalate_at=new_deadline)
     )
     alert_columns = (alerts.c.level, alerts.c.state.label("alert_state"), alerts.c.expires)
