@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from warngate.access import ANY_SENDER
 from warngate.alerts import record_rejection
 from warngate.feedformat import Entry, FeedFormatError, read_entries
 from warngate.settings import FeedSettings
@@ -258,10 +259,22 @@ class FeedPoller:
         except CapError as exc:
             return 0, await self._refuse(st, entry, source, str(exc), body)
         signature = verify_signature(cap, self.trusted(cap.sender))
-        if feed.senders and cap.sender not in feed.senders:
+        if feed.senders and ANY_SENDER not in feed.senders and cap.sender not in feed.senders:
             return 0, await self._refuse(
                 st, entry, source,
                 f"sender {cap.sender!r} is not allowed for feed {feed.name}", body)
+        # An Update or Cancel may lift only alerts this feed may speak for: those of its
+        # message's own sender, or of the senders listed for it (a bureau's feed must not
+        # end a duty officer's warning).
+        if ANY_SENDER not in feed.senders:
+            foreign = sorted({r.sender for r in cap.references}
+                             - {cap.sender, *feed.senders})
+            if foreign:
+                return 0, await self._refuse(
+                    st, entry, source,
+                    f"sender-not-allowed: references alerts of {', '.join(map(repr, foreign))}"
+                    f", which feed {feed.name} may not name (list them in feeds[].senders)",
+                    body)
         if signature.outcome == "invalid":
             return 0, await self._refuse(st, entry, source,
                                          f"signature-invalid: {signature.detail}", body)

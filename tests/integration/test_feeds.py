@@ -351,3 +351,53 @@ async def test_a_2mb_feed_is_taken_completely_once_across_a_restart(store: Store
     assert len(taken) == len(generated.identifiers) and set(taken) == generated.identifiers
     assert await rejections(store) == []
     assert await count(store, feed_entries) == len({it.id for it in generated.items})
+
+
+async def _alert_state(store: Store, identifier: str) -> str:
+    async with store.read() as conn:
+        return str((await conn.execute(select(alerts.c.state)
+                                       .where(alerts.c.identifier == identifier))).scalar_one())
+
+
+@pytest.mark.parametrize("senders", [(), ("339901@qxj.example.gov.cn",)])
+async def test_a_polled_feed_cannot_lift_another_senders_warning(
+        store: Store, senders: tuple[str, ...]) -> None:
+    """A feed's Cancel naming an alert of a sender the feed may not use is refused and kept
+    (issue 9, item 11): without ``senders`` a feed names only its messages' own sender."""
+    sender = "339901@qxj.example.gov.cn"
+    other = "duty@warngate.example"
+    theirs = cap_message("OTHER-1").replace(f"<sender>{sender}</sender>".encode(),
+                                            f"<sender>{other}</sender>".encode())
+    own = cap_message("OWN-1")
+    async with FeedServer() as srv:
+        srv.messages = {"theirs.xml": theirs, "own.xml": own}
+        feed = FeedSettings(name="met", url=srv.url("/atom.xml"), senders=senders)
+        if senders:
+            # The other sender's alert arrives by another way (a second source).
+            srv.messages.pop("theirs.xml")
+            from warngate.cap.parse import parse_cap
+            from warngate.sources import cap_to_alert_with_geometry
+            new = await cap_to_alert_with_geometry(store, parse_cap(theirs), actor="api")
+            await AlertService(store, policy()).accept(new, actor="api")
+        poller = await poller_for(store, feed)
+        try:
+            assert await poller.poll(feed) == (1 if senders else 2)
+
+            def ref(ident: str, who: str, body: bytes) -> str:
+                import re
+                sent = re.search(rb"<sent>([^<]*)</sent>", body)
+                assert sent is not None
+                return f"{who},{ident},{sent.group(1).decode()}"
+
+            srv.messages["lift-theirs.xml"] = cap_message(
+                "LIFT-1", msg_type="Cancel", references=ref("OTHER-1", other, theirs))
+            srv.messages["lift-own.xml"] = cap_message(
+                "LIFT-2", msg_type="Cancel", references=ref("OWN-1", sender, own))
+            assert await poller.poll(feed) == 1
+        finally:
+            await poller.stop()
+    assert await _alert_state(store, "OTHER-1") != "cancelled"
+    assert await _alert_state(store, "OWN-1") == "cancelled"
+    async with store.read() as conn:
+        reasons = list((await conn.execute(select(rejected_inputs.c.reason))).scalars())
+    assert any("duty@warngate.example" in r and "met" in r for r in reasons), reasons
