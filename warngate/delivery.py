@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -209,8 +210,15 @@ class Batch:
             names = tuple(compiled.positiontup or ())
             found = self._compiled[dialect.name] = (str(compiled), names, dict(compiled.params))
         sql, names, defaults = found
-        await conn.exec_driver_sql(
-            sql, [tuple(row[n] if n in row else defaults[n] for n in names) for row in rows])
+        # The rows of one call are built alike: what the first gives, all give. A tuple per
+        # row by itemgetter (C) rather than a generator cost a fifth of the receipts writer.
+        get: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
+            itemgetter(*names) if len(names) > 1 else lambda r: tuple(r[n] for n in names))
+        if all(n in rows[0] for n in names):
+            params = list(map(get, rows))
+        else:
+            params = [get({**defaults, **row}) for row in rows]
+        await conn.exec_driver_sql(sql, params)
 
 
 # -- typed parameters ------------------------------------------------------------------------

@@ -46,11 +46,12 @@ class SimOptions(BaseModel):
 
     def refuses(self, address: str) -> bool:
         """The provider rejects every message to ``address`` (checked before reachability)."""
-        return _fraction(self.seed, "permanent", address) < self.permanent_rate
+        return self.permanent_rate > 0 and (
+            _fraction(self.seed, "permanent", address) < self.permanent_rate)
 
     def reaches(self, address: str) -> bool:
         """A message the provider took for ``address`` arrives (else a failure receipt)."""
-        return _fraction(self.seed, address) >= self.unreachable_rate
+        return self.unreachable_rate <= 0 or _fraction(self.seed, address) >= self.unreachable_rate
 
 
 def _fraction(*parts: object) -> float:
@@ -100,6 +101,8 @@ class _SimAdapter(BaseAdapter):
 
     def _delay(self, bounds: tuple[float, float], *parts: object) -> float:
         low, high = bounds
+        if high <= low:
+            return low
         return low + (high - low) * _fraction(self.options.seed, "delay", *parts)
 
     async def _send(self, message: Outbound) -> SendResult:
