@@ -71,7 +71,8 @@ async def test_import_fills_codes_links_and_phones(store: Store) -> None:
         "role": "grid_worker", "region_code": "339901001001002",
         "township_code": "339901001", "village_code": "339901001001",
         "grid_code": "339901001001002", "supervisor_id": "vh-1", "responsible_id": None,
-        "vulnerable": False, "lang": "zh-CN"}
+        "vulnerable": False, "vulnerable_reason": None, "address": None, "lang": "zh-CN",
+        "active": True}
     assert (people["td-1"]["phone"], people["td-1"]["township_code"],
             people["td-1"]["village_code"], people["td-1"]["supervisor_id"]) == (
         "+8617000000002", "339901001", None, "cd-1")

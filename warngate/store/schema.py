@@ -56,7 +56,8 @@ contacts = Table(
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("external_id", String(64), nullable=False, unique=True),
     Column("name", String(200), nullable=False),
-    Column("phone", String(20), nullable=False),  # E.164
+    #: E.164; NULL for a household without a phone, reached through its bound grid worker.
+    Column("phone", String(20), nullable=True),
     Column("role", String(32), nullable=False),
     Column("region_code", String(32), nullable=False),
     Column("township_code", String(32), nullable=True),
@@ -65,7 +66,12 @@ contacts = Table(
     Column("supervisor_id", BigId, ForeignKey("contacts.id"), nullable=True),
     Column("responsible_id", BigId, ForeignKey("contacts.id"), nullable=True),
     Column("vulnerable", Boolean, nullable=False, server_default=text("false")),
+    #: Why (elderly living alone, disabled, bed-ridden ...): shown on follow-up lists.
+    Column("vulnerable_reason", Text, nullable=True),
+    Column("address", Text, nullable=True),
     Column("lang", String(16), nullable=False, server_default="zh-CN"),
+    #: Off a township's roster: kept for history, never planned again.
+    Column("active", Boolean, nullable=False, server_default=text("true")),
     Index("ix_contacts_role_township", "role", "township_code"),
     Index("ix_contacts_role_village", "role", "village_code"),
     Index("ix_contacts_grid", "grid_code"),
@@ -124,6 +130,8 @@ alerts = Table(
     Column("plan_cursor", String(32), nullable=True),
     Column("planned_count", BigInteger, nullable=False, server_default="0"),
     Column("no_recipients", Boolean, nullable=False, server_default=text("false")),
+    #: A drill (status Exercise) marked community-wide: households take part too.
+    Column("community_drill", Boolean, nullable=False, server_default=text("false")),
     UniqueConstraint("sender", "identifier", "sent", name="uq_alerts_sender_identifier_sent"),
     Index("ix_alerts_state", "state"),
 )
@@ -167,6 +175,9 @@ deliveries = Table(
     Column("sent_at", Float, nullable=True),
     Column("delivered_at", Float, nullable=True),
     Column("acked_at", Float, nullable=True),
+    #: How the person this row is for was settled: ``self`` (they answered) or ``covered``
+    #: (a supervisor, staff or their grid worker answered for them); NULL until then.
+    Column("acked_how", String(8), nullable=True),
     Index(
         "ix_deliveries_due",
         "channel",
@@ -256,6 +267,79 @@ acknowledgements = Table(
     Column("via", String(16), nullable=False),  # sms_reply | dtmf | link | ui | speaker
     Column("detail", Text, nullable=True),
     Column("at", Float, nullable=False),
+    #: Whose 叫应 this settles (the person who had to answer) and who answered: ``self``,
+    #: ``supervisor`` (on the person's behalf), ``staff`` (recording a call or a visit) or
+    #: ``grid_worker`` (in person); ``actor`` names the staff user or contact who recorded.
+    Column("person_id", BigId, nullable=True),
+    Column("answered_by", String(16), nullable=False, server_default="self"),
+    Column("actor", String(100), nullable=True),
+    Column("note", Text, nullable=True),
+)
+
+#: A household its bound grid worker must reach: its messages failed, it has no phone, or it
+#: is vulnerable. One row per alert and household; the grid worker records the outcome.
+followups = Table(
+    "followups",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("alert_id", BigId, nullable=False),
+    Column("household_id", BigId, nullable=False),
+    Column("grid_worker_id", BigId, nullable=True),
+    Column("reason", String(16), nullable=False),  # failed | no_phone | vulnerable
+    Column("township_code", String(32), nullable=True),
+    Column("village_code", String(32), nullable=True),
+    Column("grid_code", String(32), nullable=True),
+    Column("created_at", Float, nullable=False),
+    #: When the grid worker was sent the list holding this household.
+    Column("notified_at", Float, nullable=True),
+    #: informed | evacuated (转移到位) | refused | not_found; NULL while open.
+    Column("outcome", String(16), nullable=True),
+    Column("people_moved", Integer, nullable=True),
+    Column("outcome_at", Float, nullable=True),
+    Column("recorded_by", String(100), nullable=True),
+    Column("note", Text, nullable=True),
+    UniqueConstraint("alert_id", "household_id", name="uq_followups_alert_household"),
+    Index("ix_followups_alert_worker", "alert_id", "grid_worker_id"),
+    Index("ix_followups_alert_township", "alert_id", "township_code"),
+)
+
+#: What people in the field report back: an SMS reply that is not an acknowledgement, or a
+#: grid worker's report from the mobile page.
+field_reports = Table(
+    "field_reports",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("alert_id", BigId, nullable=True, index=True),
+    Column("contact_id", BigId, nullable=True),
+    Column("phone", String(20), nullable=True),
+    Column("role", String(32), nullable=True),
+    Column("township_code", String(32), nullable=True, index=True),
+    Column("village_code", String(32), nullable=True),
+    Column("grid_code", String(32), nullable=True),
+    Column("source", String(16), nullable=False),  # sms | mobile | api
+    Column("text", Text, nullable=False, server_default=""),
+    Column("trapped", Integer, nullable=True),
+    Column("evacuated", Integer, nullable=True),
+    Column("damage", Text, nullable=True),
+    #: When it was passed on to the duty officer (by the policy's field_reports rule).
+    Column("forwarded_at", Float, nullable=True),
+)
+
+#: 24-hour duty: who is on duty for a township or the county, and when.
+duty_shifts = Table(
+    "duty_shifts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("region_code", String(32), nullable=False),
+    Column("contact_id", BigId, nullable=False),
+    Column("starts_at", Float, nullable=False),
+    Column("ends_at", Float, nullable=False),
+    #: The handover: who handed over and what they said.
+    Column("handed_over_by", String(100), nullable=True),
+    Column("handover_note", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Index("ix_duty_shifts_region_start", "region_code", "starts_at"),
 )
 
 audit_log = Table(
