@@ -178,6 +178,10 @@ deliveries = Table(
     #: How the person this row is for was settled: ``self`` (they answered) or ``covered``
     #: (a supervisor, staff or their grid worker answered for them); NULL until then.
     Column("acked_how", String(8), nullable=True),
+    #: On the last row of a person who must answer: when their escalation ran out (last step
+    #: taken, or no supervisor to call) with nobody answering. The duty officers' alarm of
+    #: that sweep lists the people it carries (migration 0010).
+    Column("silent_at", Float, nullable=True),
     Index(
         "ix_deliveries_due",
         "channel",
@@ -205,6 +209,13 @@ deliveries = Table(
         postgresql_where=text("escalate_at IS NOT NULL"),
     ),
     Index("ix_deliveries_alert_township", "alert_id", "township_code"),
+    Index(
+        "ix_deliveries_silent",
+        "alert_id",
+        "silent_at",
+        sqlite_where=text("silent_at IS NOT NULL"),
+        postgresql_where=text("silent_at IS NOT NULL"),
+    ),
     Index(
         "ix_deliveries_on_behalf_of",
         "on_behalf_of",
