@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from warngate import silent
 from warngate.adapter import (
     Adapter,
     AuthError,
@@ -43,7 +44,7 @@ from warngate.delivery import (
     p_text,
     record,
 )
-from warngate.messages import AlertText, render
+from warngate.messages import AlertText, render, render_escalation, render_silent
 from warngate.phone import mask
 from warngate.settings import AdapterSettings, DispatchSettings
 from warngate.store import Store
@@ -175,6 +176,9 @@ class Lane:
                 deliveries.c.id, deliveries.c.alert_id, deliveries.c.kind,
                 deliveries.c.contact_id, deliveries.c.speaker_id, deliveries.c.attempts,
                 deliveries.c.ack_required, deliveries.c.priority, deliveries.c.village_rank,
+                # Whom an escalation or a duty officers' alarm is about.
+                deliveries.c.on_behalf_of, deliveries.c.township_code,
+                deliveries.c.created_at,
             )
         )
         async with self.store.write() as conn:
@@ -211,6 +215,13 @@ class Lane:
                 )
             ):
                 people[c.id] = (c.phone, c.lang)
+        # Escalations name the person who did not answer, alarms the people still silent:
+        # one query each per batch, and only when the batch holds such rows.
+        behalf = {r.on_behalf_of for r in rows if r.on_behalf_of is not None}
+        named = await silent.people(conn, behalf) if behalf else {}
+        alarm_keys = list({(r.alert_id, r.township_code, r.created_at)
+                           for r in rows if r.kind == "silent"})
+        alarms = await silent.silent_lists(conn, alarm_keys) if alarm_keys else {}
         out: list[Outbound] = []
         for r in rows:
             if r.kind != "cancel" and states.get(r.alert_id) not in _LIVE_ALERT_STATES:
@@ -225,11 +236,17 @@ class Lane:
             else:
                 self._results.append(_Result(r.id, "failed", error="recipient left registry"))
                 continue
-            key = (r.alert_id, r.kind, lang)
-            rendered = self._rendered.get(key)
-            if rendered is None:
-                rendered = self._rendered[key] = render(text, r.kind, lang)
-            headline, body = rendered
+            if r.kind == "silent":
+                headline, body = render_silent(
+                    text, lang, alarms.get((r.alert_id, r.township_code, r.created_at), []))
+            elif r.on_behalf_of is not None and r.on_behalf_of in named:
+                headline, body = render_escalation(text, lang, named[r.on_behalf_of])
+            else:
+                key = (r.alert_id, r.kind, lang)
+                rendered = self._rendered.get(key)
+                if rendered is None:
+                    rendered = self._rendered[key] = render(text, r.kind, lang)
+                headline, body = rendered
             out.append(
                 Outbound(
                     delivery_id=r.id, alert_id=r.alert_id, kind=r.kind, channel=self.channel,

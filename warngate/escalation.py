@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
+    BigInteger,
     Boolean,
     ColumnElement,
     Float,
@@ -39,18 +42,21 @@ from sqlalchemy import (
     Update,
     and_,
     any_,
+    bindparam,
     case,
     exists,
     func,
     literal,
     or_,
     select,
+    true,
     union_all,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert
 
+from warngate import duty
 from warngate.delivery import (
     PENDING,
     Event,
@@ -63,9 +69,16 @@ from warngate.delivery import (
 )
 from warngate.delivery import DeliveryState as S
 from warngate.planning import priority_of
-from warngate.policy import LEVELS, ROLE_PRIORITY, Policy
+from warngate.policy import LEVEL_RANK, LEVELS, ROLE_PRIORITY, Policy
 from warngate.store import Store
-from warngate.store.schema import LIVE_ALERT_STATES, alerts, contacts, deliveries, speakers
+from warngate.store.schema import (
+    LIVE_ALERT_STATES,
+    alerts,
+    contacts,
+    deliveries,
+    regions,
+    speakers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,21 +152,35 @@ async def _claim(
 
 
 def _steps(policy: Policy) -> FromClause | None:
-    """The policy's escalation steps as a table: (level, role, n, to_supervisor, channel,
-    next_in); step ``n`` is taken by a delivery at step ``n``, ``next_in`` is how long after
-    it the following step is due (NULL after the last)."""
+    """The policy's escalation steps as a table: (level, role, n, to_supervisor, to_duty,
+    channel, next_in); step ``n`` is taken by a delivery at step ``n``, ``next_in`` is how
+    long after it the following step is due.
+
+    After the last step comes the deadline: the last step's ``next_in`` makes its row due
+    again at the later of ``ack.within`` after the first message and the step itself; a
+    row at a step with no entry here has run out of steps (``_next_steps``: exhausted).
+    """
     rows: list[dict[str, ColumnElement[Any]]] = []
     for level, lp in policy.levels.items():
-        for role, rp in lp.roles.items():
-            for n, step in enumerate(rp.escalation):
-                following = rp.escalation[n + 1] if n + 1 < len(rp.escalation) else None
+        roles = dict(lp.roles)
+        # Roles only a hazard adds (群测群防员 for 地质灾害) escalate by the hazard's entry;
+        # a role the level names keeps the level's steps (the table knows no event).
+        for hp in policy.hazards.values():
+            if LEVEL_RANK[level] >= LEVEL_RANK[hp.min_level]:
+                for role, rp in hp.roles.items():
+                    roles.setdefault(role, rp)
+        for role, rp in roles.items():
+            steps = rp.escalation
+            for n, step in enumerate(steps):
+                following = steps[n + 1].after if n + 1 < len(steps) else max(
+                    rp.ack.within, step.after)
                 rows.append({
                     "level": literal(level, String), "role": literal(role, String),
                     "n": literal(n, Integer),
                     "to_supervisor": literal(step.to == "supervisor", Boolean),
+                    "to_duty": literal(step.to == "duty", Boolean),
                     "channel": literal(step.channel, String),
-                    "next_in": literal(following.after - step.after if following else None,
-                                       Float),
+                    "next_in": literal(following - step.after, Float),
                 })
     return _table("steps", rows)
 
@@ -168,99 +195,211 @@ async def escalate_due(
 ) -> int:
     """Take the next step for every un-acknowledged delivery past its time; return how many.
 
-    Works through everything overdue at ``now``, ``limit`` deliveries per transaction.
+    Works through everything overdue at ``now``, ``limit`` deliveries per transaction. A
+    person whose last step is taken and whose ``ack.within`` has passed (or who has no
+    supervisor to call) is *silent*: their row gets ``silent_at = now``, and at the end of
+    the sweep the policy's duty officers get one alarm per alert and township listing the
+    people silenced (:func:`alarm_silent`).
     """
     now = time.time() if now is None else now
     steps = _steps(policy)
-    added = skipped = 0
+    added = silenced = 0
     while True:
         async with store.write() as conn:
             claim = await _claim(conn, store, now, limit, (
                 deliveries.c.acked_at.is_(None), deliveries.c.role != "speaker"), _ESCALATING)
             if steps is None:
-                claimed, n_added, n_skipped = await _apply(conn, claim, None, None)
+                # No steps at all: whoever still had a deadline has run out of them.
+                silent = select(claim.rows.c.id).where(claim.rows.c.alert_state.in_(_LIVE))
+                claimed, n_added, n_silent = await _apply(conn, store, claim, None, silent, now)
             else:
                 rows = _next_steps(claim.rows, steps, now, shared=store.is_postgres)
                 reachable = select(*(c for c in rows.c if c.name in deliveries.c),
                                    (_priority(rows.c.level, rows.c.role) - 1).label("priority")
-                                   ).where(~rows.c.unreachable).subquery("reachable")
-                claimed, n_added, n_skipped = await _apply(
-                    conn, claim, insert_rows(reachable),
-                    select(func.count()).select_from(rows).where(rows.c.unreachable))
-            added, skipped = added + n_added, skipped + n_skipped
+                                   ).where(~rows.c.exhausted, ~rows.c.unreachable
+                                           ).subquery("reachable")
+                silent = (select(rows.c.claimed_id)
+                          .where(or_(rows.c.exhausted, rows.c.unreachable)).distinct())
+                claimed, n_added, n_silent = await _apply(
+                    conn, store, claim, insert_rows(reachable), silent, now)
+            added, silenced = added + n_added, silenced + n_silent
         if claimed < limit:
             break
-    if skipped:
-        log.warning("%d people did not answer and have no supervisor to call", skipped)
+    if silenced:
+        log.warning("%d people did not answer by their deadline after their last step "
+                    "(or have no supervisor to call)", silenced)
+        SILENT_COUNTS["people"] += silenced
     if added:
         log.info("escalated %d un-acknowledged deliveries", added)
+    if policy.silent.roles:
+        await alarm_silent(store, policy, now=now)
     return added
 
 
+#: Since start: people found silent, and alarm messages planned for them (metrics).
+SILENT_COUNTS: Counter[str] = Counter()
+
+
 async def _apply(
-    conn: AsyncConnection, claim: _Claim, add: Insert | None, count: Select[Any] | None
+    conn: AsyncConnection, store: Store, claim: _Claim, add: Insert | None,
+    silent: Select[Any] | None, now: float,
 ) -> tuple[int, int, int]:
-    """Take the claimed deliveries, adding ``add``'s rows: (claimed, added, ``count``)."""
+    """Take the claimed deliveries, adding ``add``'s rows and marking the rows ``silent``
+    selects (ids of claimed rows) ``silent_at = now``: (claimed, added, silenced)."""
     if claim.take is None:
         # PostgreSQL: the claim is a data-modifying CTE; all in one statement, which writes
-        # each claimed row once.
+        # each claimed row once. A row cannot be written twice by one statement, so the
+        # silent rows (few) are marked by a second one.
         inserted = add.returning(deliveries.c.id).cte("inserted") if add is not None else None
         counts = (await conn.execute(select(
             select(func.count()).select_from(claim.rows).scalar_subquery(),
             select(func.count()).select_from(inserted).scalar_subquery()
             if inserted is not None else literal(0, Integer),
-            count.scalar_subquery() if count is not None else literal(0, Integer),
+            func.array(silent.scalar_subquery()) if silent is not None
+            else literal(None, ARRAY(BigInteger)),
         ))).one()
-        return int(counts[0]), int(counts[1]), int(counts[2])
+        ids = list(counts[2] or [])
+        if ids:
+            await conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id == any_(bindparam("silent_ids", ids,
+                                                         type_=ARRAY(BigInteger))))
+                .values(silent_at=now))
+        return int(counts[0]), int(counts[1]), len(ids)
     added = max((await conn.execute(add)).rowcount, 0) if add is not None else 0
-    extra = int((await conn.execute(count)).scalar_one()) if count is not None else 0
+    marked = max((await conn.execute(
+        update(deliveries).where(deliveries.c.id.in_(silent.scalar_subquery()))
+        .values(silent_at=now))).rowcount, 0) if silent is not None else 0
     claimed = max((await conn.execute(claim.take)).rowcount, 0)
-    return claimed, added, extra
+    return claimed, added, marked
 
 
 def _next_steps(d: FromClause, steps: FromClause, now: float, *, shared: bool) -> FromClause:
     """The next step of every claimed delivery in ``d`` (all but its priority), with
-    ``level`` and ``unreachable``: it would call a supervisor the person does not have.
+    ``level``, ``claimed_id`` (the claimed row), ``exhausted`` (no step left for it) and
+    ``unreachable`` (it would call a supervisor the person does not have).
 
     ``shared``: as a CTE, for one statement that reads it twice (on SQLite a statement
     starting with ``WITH`` reports no row count, so there it is a subquery).
 
     The person is who must answer: the recipient, or whom a supervisor was called for.
-    Their role's policy decides every step, also those that call their supervisor.
+    Their role's policy decides every step, also those that call their supervisor. A
+    ``to: duty`` step calls the other duty officers of the person's region who are not on
+    shift now (``warngate.duty``), each on the person's behalf, or their supervisor when
+    there are none; only the first of them carries the person's next deadline.
     """
     person = contacts.alias("person")
     supervisor = contacts.alias("supervisor")
+    colleague = contacts.alias("colleague")
     person_id = func.coalesce(d.c.on_behalf_of, d.c.contact_id)
     person_role = case((d.c.on_behalf_of.is_(None), d.c.role),
                        else_=func.coalesce(person.c.role, d.c.role))
-    to_supervisor = steps.c.to_supervisor
-    role = case((to_supervisor, supervisor.c.role), else_=person_role)
+    to_duty = steps.c.to_duty
+    to_other = or_(steps.c.to_supervisor, to_duty)
+    helper_id = case((to_duty, func.coalesce(colleague.c.id, supervisor.c.id)),
+                     else_=supervisor.c.id)
+    helper_role = case((to_duty, func.coalesce(colleague.c.role, supervisor.c.role)),
+                       else_=supervisor.c.role)
+    deadline = literal(now, Float) + steps.c.next_in
     rows = (
         delivery_rows({
             "alert_id": d.c.alert_id,
-            "contact_id": case((to_supervisor, supervisor.c.id), else_=person_id),
-            "on_behalf_of": case((to_supervisor, person_id), else_=None),
-            "role": role,
+            "contact_id": case((to_other, helper_id), else_=person_id),
+            "on_behalf_of": case((to_other, person_id), else_=None),
+            "role": case((to_other, helper_role), else_=person_role),
             "channel": steps.c.channel,
             "step": d.c.step + 1,
             "due_at": now,
             "ack_required": True,
-            "escalate_at": literal(now, Float) + steps.c.next_in,
+            # CASE, not OR: the colleague subquery runs only for rows that call colleagues.
+            "escalate_at": case(
+                (colleague.c.id.is_(None), deadline),
+                (colleague.c.id == duty.first_colleague(person, now), deadline),
+                else_=literal(None, Float)),
             "township_code": d.c.township_code,
             "village_code": d.c.village_code,
             "grid_code": d.c.grid_code,
             "created_at": now,
         })
-        .add_columns(d.c.level,
-                     and_(to_supervisor, supervisor.c.id.is_(None)).label("unreachable"))
+        .add_columns(d.c.level, d.c.id.label("claimed_id"),
+                     steps.c.n.is_(None).label("exhausted"),
+                     func.coalesce(and_(to_other, helper_id.is_(None)),
+                                   literal(False, Boolean)).label("unreachable"))
         .select_from(
             d.outerjoin(person, person.c.id == person_id)
-            .join(steps, and_(steps.c.level == d.c.level, steps.c.role == person_role,
-                              steps.c.n == d.c.step))
-            .outerjoin(supervisor, supervisor.c.id == person.c.supervisor_id))
+            .outerjoin(steps, and_(steps.c.level == d.c.level, steps.c.role == person_role,
+                                   steps.c.n == d.c.step))
+            .outerjoin(supervisor, supervisor.c.id == person.c.supervisor_id)
+            .outerjoin(colleague, and_(to_duty, duty.colleague_of(colleague, person, now))))
         .where(d.c.alert_state.in_(_LIVE))
     )
     return rows.cte("next_steps") if shared else rows.subquery("next_steps")
+
+
+async def alarm_silent(store: Store, policy: Policy, *, now: float | None = None) -> int:
+    """The duty officers' alarm: for every live alert, township and sweep that silenced
+    people (``silent_at``) and has no alarm yet, one message per recipient and channel of
+    ``policy.silent`` — the roles registered at that township or at its county, except the
+    silent people themselves. Returns the messages planned.
+
+    The alarm rows carry the sweep's ``silent_at`` as their ``created_at`` and the
+    township's code: the renderer lists the people by them, and the next sweep knows that
+    group was alarmed (a crash between a sweep's chunks and its alarm loses nothing). Each
+    person is listed in one alarm only, as their ``silent_at`` is set once.
+    """
+    now = time.time() if now is None else now
+    rule = policy.silent
+    if not rule.roles or not rule.channels:
+        return 0
+    s = deliveries.alias("s")
+    done = deliveries.alias("done")
+    person = contacts.alias("person")
+    town = regions.alias("town")
+    county = func.coalesce(town.c.parent_code, person.c.region_code)
+    groups = (
+        select(s.c.alert_id, s.c.township_code, s.c.silent_at, county.label("county_code"))
+        .select_from(
+            s.join(alerts, alerts.c.id == s.c.alert_id)
+            .outerjoin(person, person.c.id == func.coalesce(s.c.on_behalf_of, s.c.contact_id))
+            .outerjoin(town, town.c.code == s.c.township_code))
+        .where(s.c.silent_at.is_not(None), s.c.silent_at <= now, alerts.c.state.in_(_LIVE),
+               ~exists().where(done.c.alert_id == s.c.alert_id, done.c.kind == "silent",
+                               done.c.created_at == s.c.silent_at,
+                               done.c.township_code.is_not_distinct_from(s.c.township_code)))
+        .group_by(s.c.alert_id, s.c.township_code, s.c.silent_at, county)
+        .subquery("silent_groups")
+    )
+    channels = _table("channels", [{"channel": literal(c, String)} for c in rule.channels])
+    assert channels is not None
+    listed = deliveries.alias("listed")
+    himself = exists().where(
+        listed.c.alert_id == groups.c.alert_id, listed.c.silent_at == groups.c.silent_at,
+        func.coalesce(listed.c.on_behalf_of, listed.c.contact_id) == contacts.c.id)
+    recipient = and_(contacts.c.role.in_(rule.roles), contacts.c.active.is_(True),
+                     or_(contacts.c.region_code == groups.c.township_code,
+                         contacts.c.region_code == groups.c.county_code))
+    stmt = plan_insert(
+        {"alert_id": groups.c.alert_id, "kind": "silent", "contact_id": contacts.c.id,
+         "role": contacts.c.role, "channel": channels.c.channel, "priority": 0,
+         "due_at": now, "township_code": groups.c.township_code,
+         "created_at": groups.c.silent_at},
+        lambda q: q.select_from(groups.join(contacts, recipient).join(channels, true()))
+        .where(~himself),
+    )
+    async with store.write() as conn:
+        if store.is_postgres:
+            # Two gateways' sweeps must not both find a group unalarmed: one at a time.
+            await conn.execute(select(func.pg_advisory_xact_lock(
+                literal(_ALARM_LOCK, BigInteger))))
+        planned = max((await conn.execute(stmt)).rowcount, 0)
+    if planned:
+        SILENT_COUNTS["alarms"] += planned
+        log.warning("silent people: %d alarm messages to the duty officers", planned)
+    return planned
+
+
+#: pg_advisory_xact_lock key of the silent alarm ("warngate silent").
+_ALARM_LOCK = 0x5761_726E_5369_6C
 
 
 _REPEATING = (deliveries.c.id, deliveries.c.alert_id, deliveries.c.speaker_id,
@@ -316,7 +455,7 @@ async def repeat_speakers(
                        d.c.created_at + every <= now)
                 .subquery("repeats")
             )
-            claimed, n_added, _ = await _apply(conn, claim, repeat, None)
+            claimed, n_added, _ = await _apply(conn, store, claim, repeat, None, now)
             added += n_added
         if claimed < limit:
             break
@@ -449,3 +588,4 @@ async def expire_due(store: Store) -> int:
             .where(deliveries.c.alert_id.in_(ids), deliveries.c.escalate_at.is_not(None))
             .values(escalate_at=None))
     return len(ids)
+

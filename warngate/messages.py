@@ -74,3 +74,64 @@ def render(alert: AlertText, kind: str, lang: str) -> tuple[str, str]:
         headline = f"[UPDATE] {headline}" if english else f"【更新】{headline}"
     body = "\n".join(p for p in (alert.description, alert.instruction) if p)
     return headline, body
+
+
+def role_label(role: str) -> str:
+    """The Chinese label of a role (the policy's defaults; the id when unknown)."""
+    from warngate.policy import DEFAULT_ROLES
+
+    found = DEFAULT_ROLES.get(role)
+    return found.label if found else role
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """Whom an escalation message or a duty officer's alarm is about."""
+
+    name: str
+    role: str
+    village: str | None = None
+
+
+def _who(p: Person, *, english: bool) -> str:
+    if english:
+        return f"{p.name} ({p.role}{', ' + p.village if p.village else ''})"
+    return f"{role_label(p.role)}{p.name}{f'（{p.village}）' if p.village else ''}"
+
+
+#: How many silent people an alarm names before "等N人" (an SMS stays readable).
+ALARM_NAMES = 8
+
+
+def render_escalation(alert: AlertText, lang: str, person: Person) -> tuple[str, str]:
+    """A message to a supervisor (or another duty officer) about ``person``, who has not
+    confirmed receiving the warning: who it is and what to do."""
+    alert = alert.for_lang(lang)
+    if lang.lower().startswith("en"):
+        return (f"NO ANSWER: {_who(person, english=True)} — {alert.headline}",
+                f"{_who(person, english=True)} has not confirmed receiving this warning "
+                f"({alert.headline}). Contact them now and make sure the protective measures "
+                f"are carried out; then confirm this message.")
+    warning = f"{alert.event}{LEVEL_ZH.get(alert.level, '')}预警"
+    return (f"【未叫应】{_who(person, english=False)}",
+            f"{_who(person, english=False)}未确认收到{warning}（{alert.headline}），"
+            f"请立即联系督促其落实防御措施，落实后回复确认。")
+
+
+def render_silent(alert: AlertText, lang: str, people: list[Person]) -> tuple[str, str]:
+    """The duty officers' alarm: these people did not answer to the end of their
+    escalation. At most ``ALARM_NAMES`` are named, then "等N人"."""
+    alert = alert.for_lang(lang)
+    shown = people[:ALARM_NAMES]
+    if lang.lower().startswith("en"):
+        names = "; ".join(_who(p, english=True) for p in shown)
+        more = f" and {len(people) - len(shown)} more" if len(people) > len(shown) else ""
+        return (f"SILENT: {len(people)} not reached — {alert.headline}",
+                f"Still no answer after every escalation step: {names}{more} "
+                f"({len(people)} in all). Reach them by other means now (phone, a visit).")
+    names = "、".join(_who(p, english=False) for p in shown)
+    more = f"等{len(people)}人" if len(people) > len(shown) else f"共{len(people)}人"
+    warning = f"{alert.event}{LEVEL_ZH.get(alert.level, '')}预警"
+    return (f"【叫应未果】{warning}",
+            f"{warning}（{alert.headline}）经逐级叫应仍未确认：{names}{more}。"
+            f"请立即通过电话、上门等方式联系落实。")

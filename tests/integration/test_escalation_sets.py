@@ -150,10 +150,12 @@ async def test_each_sweep_takes_the_next_step_for_every_overdue_person(store: St
 
     await overdue(store)
     assert await escalate_due(store, pol) == 3
+    # The last step waits for the deadline (ack.within, 600 s after the first message):
+    # then the person is silent and the duty officers are alarmed.
     assert rows_as_tuples(await step_rows(store, 4)) == sorted([
-        expect(duty, None, "township_duty", "voice", "township_duty", None),
-        expect(head, None, "village_head", "voice", "village_head", None),
-        expect(gw, None, "grid_worker", "voice", "grid_worker", None),
+        expect(duty, None, "township_duty", "voice", "township_duty", 360.0),
+        expect(head, None, "village_head", "voice", "village_head", 360.0),
+        expect(gw, None, "grid_worker", "voice", "grid_worker", 360.0),
     ], key=lambda t: t[0])
 
     await overdue(store)
