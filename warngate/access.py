@@ -26,6 +26,8 @@ class Action(StrEnum):
     PUSH_CAP = "push_cap"  # POST /api/v1/cap, including Updates and Cancels by reference
     READINGS = "readings"  # gauge readings
     METRICS = "metrics"
+    #: Record that someone was reached in another way (staff's call or visit, a grid worker).
+    RECORD_ACK = "record_ack"
 
 
 _ALL = frozenset({"admin", "duty_officer", "approver", "township", "feed"})
@@ -40,6 +42,7 @@ ROLES: dict[Action, frozenset[str]] = {
     Action.PUSH_CAP: frozenset({"admin", "feed"}),
     Action.READINGS: frozenset({"admin", "feed"}),
     Action.METRICS: _ALL,
+    Action.RECORD_ACK: frozenset({"admin", "duty_officer", "township"}),
 }
 
 _DENIED_ROLE = {
@@ -50,6 +53,7 @@ _DENIED_ROLE = {
     Action.PUSH_CAP: "this token may not submit CAP messages",
     Action.READINGS: "this token may not submit gauge readings",
     Action.METRICS: "this token may not read metrics",
+    Action.RECORD_ACK: "this token may not record acknowledgements for others",
 }
 
 

@@ -80,7 +80,8 @@ class AckLinks:
         async with self._store.read() as conn:
             row = (await conn.execute(
                 select(deliveries.c.id, deliveries.c.kind, deliveries.c.state.label("d_state"),
-                       deliveries.c.acked_at, alerts.c.id.label("alert_id"), alerts.c.level,
+                       deliveries.c.acked_at, deliveries.c.acked_how,
+                       deliveries.c.on_behalf_of, alerts.c.id.label("alert_id"), alerts.c.level,
                        alerts.c.event, alerts.c.headline, alerts.c.instruction,
                        alerts.c.state.label("a_state"), alerts.c.expires)
                 .join(alerts, alerts.c.id == deliveries.c.alert_id)
@@ -115,6 +116,9 @@ class AckLinks:
             return LinkState.EXPIRED  # the expiry sweep has not run yet; the time has passed
         if row.kind == "cancel":
             return LinkState.CANCELLED  # a "lifted" notice carries no link; nothing to confirm
-        if row.acked_at is not None or row.d_state == "acknowledged":
+        # Someone who answered for the person (staff, their grid worker) does not answer for
+        # them here: the person's own confirmation is still taken, and counted as theirs.
+        covered = row.acked_how == "covered" and row.on_behalf_of is None
+        if (row.acked_at is not None or row.d_state == "acknowledged") and not covered:
             return LinkState.ACKNOWLEDGED
         return LinkState.OPEN

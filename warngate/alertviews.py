@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from warngate import board
 from warngate.store import Store
-from warngate.store.schema import alerts
+from warngate.store.schema import alerts, contacts
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,19 @@ async def find_alert(store: Store, alert_id: int) -> Any | None:
         return (await conn.execute(
             select(*board.ALERT_COLUMNS).where(alerts.c.id == alert_id)
         )).one_or_none()
+
+
+async def find_contact(store: Store, person: int | str) -> int | None:
+    """A person's contact id, from their id (a JSON number) or their roster id (text)."""
+    if isinstance(person, int):
+        if not 0 < person < 2**63:
+            return None
+        where = contacts.c.id == person
+    else:
+        where = contacts.c.external_id == person
+    async with store.read() as conn:
+        found = (await conn.execute(select(contacts.c.id).where(where))).scalar_one_or_none()
+    return None if found is None else int(found)
 
 
 async def database_state(store: Store) -> str:

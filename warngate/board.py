@@ -13,15 +13,25 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from sqlalchemy import BigInteger, String, func, literal, select, tuple_
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    String,
+    and_,
+    case,
+    func,
+    literal,
+    select,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from warngate.phone import mask
 from warngate.store import Store
-from warngate.store.schema import alerts, contacts, deliveries, regions
+from warngate.store.schema import acknowledgements, alerts, contacts, deliveries, regions
 
 #: ``?state=`` values beyond the delivery states: views the duty office asks for.
-VIEWS = ("unacknowledged", "escalated")
+VIEWS = ("unacknowledged", "escalated", "answered", "covered", "silent")
 
 
 def _add(counts: dict[str, dict[str, int]], channel: str, state: str, n: int) -> None:
@@ -105,29 +115,122 @@ async def _encoded(answer: Awaitable[dict[str, Any]]) -> bytes:
     return json.dumps(await answer, ensure_ascii=False).encode()
 
 
+def _settled(how: Any, at: Any) -> Any:
+    """2: answered themselves, 1: covered by someone else, 0: silent (per delivery row).
+    A row acknowledged before ``acked_how`` existed counts as answered."""
+    return case((how == "self", 2), (how == "covered", 1),
+                (and_(how.is_(None), at.is_not(None)), 2), else_=0)
+
+
+def _responsible(alert_id: int, township: str | None) -> list[ColumnElement[bool]]:
+    """The rows of the people who must answer (not the supervisors called about them)."""
+    where = [deliveries.c.alert_id == alert_id, deliveries.c.kind != "cancel",
+             deliveries.c.ack_required.is_(True), deliveries.c.on_behalf_of.is_(None),
+             deliveries.c.contact_id.is_not(None)]
+    if township:
+        where.append(deliveries.c.township_code == township)
+    return where
+
+
 async def _extra_counts(
     conn: AsyncConnection, alert_id: int, township: str | None
 ) -> dict[str, int]:
-    """People who must answer: how many have, how many not yet, how many were escalated."""
-    base = [deliveries.c.alert_id == alert_id, deliveries.c.kind != "cancel",
-            deliveries.c.ack_required.is_(True), deliveries.c.on_behalf_of.is_(None)]
-    if township:
-        base.append(deliveries.c.township_code == township)
-    people = deliveries.c.contact_id
-    required = (await conn.execute(
-        select(func.count(func.distinct(people))).where(*base, deliveries.c.step == 0)
-    )).scalar_one()
-    acked = (await conn.execute(
-        select(func.count(func.distinct(people)))
-        .where(*base, deliveries.c.acked_at.is_not(None))
-    )).scalar_one()
+    """People who must answer: how many answered themselves, how many were covered by
+    someone else (a supervisor, staff, their grid worker), how many are silent; and how
+    many escalation steps were taken."""
+    people = (
+        select(func.max(_settled(deliveries.c.acked_how, deliveries.c.acked_at)).label("s"))
+        .where(*_responsible(alert_id, township))
+        .group_by(deliveries.c.contact_id)
+        .subquery("people")
+    )
+    required, answered, covered = (await conn.execute(select(
+        func.count(),
+        func.coalesce(func.sum(case((people.c.s == 2, 1), else_=0)), 0),
+        func.coalesce(func.sum(case((people.c.s == 1, 1), else_=0)), 0),
+    ).select_from(people))).one()
     escalated = (await conn.execute(
         select(func.count()).select_from(deliveries)
         .where(deliveries.c.alert_id == alert_id, deliveries.c.step > 0,
                *( [deliveries.c.township_code == township] if township else []))
     )).scalar_one()
-    return {"required": required, "acknowledged": acked,
-            "waiting": max(required - acked, 0), "escalation_steps": escalated}
+    silent = max(int(required) - int(answered) - int(covered), 0)
+    return {"required": int(required), "answered": int(answered), "covered": int(covered),
+            "silent": silent,
+            # Before answered/covered were told apart: kept for existing clients.
+            "acknowledged": int(answered) + int(covered), "waiting": silent,
+            "escalation_steps": int(escalated)}
+
+
+#: ``?state=`` views that list people (one row each), not deliveries.
+PEOPLE_VIEWS = {"answered": 2, "covered": 1, "silent": 0}
+
+
+async def responsible_people(
+    conn: AsyncConnection, alert_id: int, *, view: str, township: str | None = None,
+    limit: int = 200, after: tuple[str, str, int] | None = None,
+) -> list[dict[str, Any]]:
+    """The people who must answer and who ``view`` (answered / covered / silent), one row
+    per person with how and when they were settled and how long it took; ordered by
+    township, village, person (keyset paging with ``after``, as :func:`people_cursor`)."""
+    settled = func.max(_settled(deliveries.c.acked_how, deliveries.c.acked_at))
+    town = func.coalesce(func.min(deliveries.c.township_code), "")
+    village = func.coalesce(func.min(deliveries.c.village_code), "")
+    per = (
+        select(
+            deliveries.c.contact_id.label("person"), town.label("town"),
+            village.label("village"), func.min(deliveries.c.grid_code).label("grid"),
+            func.min(deliveries.c.role).label("role"),
+            func.min(deliveries.c.sent_at).label("first_sent"),
+            func.min(deliveries.c.created_at).label("first_planned"),
+            func.max(deliveries.c.step).label("steps"),
+            func.min(deliveries.c.acked_at).label("settled_at"),
+        )
+        .where(*_responsible(alert_id, township))
+        .group_by(deliveries.c.contact_id)
+        .having(settled == PEOPLE_VIEWS[view])
+        .subquery("per")
+    )
+    q = (
+        select(per, contacts.c.name, contacts.c.phone)
+        .join_from(per, contacts, contacts.c.id == per.c.person)
+        .order_by(per.c.town, per.c.village, per.c.person)
+        .limit(limit)
+    )
+    if after is not None:
+        q = q.where(tuple_(per.c.town, per.c.village, per.c.person)
+                    > tuple_(literal(after[0], String), literal(after[1], String),
+                             literal(after[2], BigInteger)))
+    rows = (await conn.execute(q)).all()
+    answers: dict[int, list[dict[str, Any]]] = {}
+    ids = [r.person for r in rows]
+    for i in range(0, len(ids), 900):
+        for a in await conn.execute(
+            select(acknowledgements.c.person_id, acknowledgements.c.answered_by,
+                   acknowledgements.c.via, acknowledgements.c.actor, acknowledgements.c.note,
+                   acknowledgements.c.at)
+            .where(acknowledgements.c.alert_id == alert_id,
+                   acknowledgements.c.person_id.in_(ids[i : i + 900]))
+            .order_by(acknowledgements.c.at)
+        ):
+            answers.setdefault(a.person_id, []).append({
+                "by": a.answered_by, "via": a.via, "actor": a.actor, "note": a.note,
+                "at": a.at})
+    out = []
+    for r in rows:
+        mine = answers.get(r.person, [])
+        own = next((a["at"] for a in mine if a["by"] == "self"), None)
+        start = r.first_sent if r.first_sent is not None else r.first_planned
+        out.append({
+            "person_id": r.person, "name": r.name,
+            "phone": mask(r.phone) if r.phone else None, "role": r.role,
+            "township": r.town or None, "village": r.village or None, "grid": r.grid,
+            "status": view, "first_sent_at": r.first_sent, "settled_at": r.settled_at,
+            "answered_at": own,
+            "seconds_to_answer": None if own is None or start is None else own - start,
+            "escalation_steps": r.steps, "answers": mine,
+        })
+    return out
 
 
 async def _names(conn: AsyncConnection, codes: set[str]) -> dict[str, str]:
@@ -202,7 +305,8 @@ async def receipts_people(
 
 def people_cursor(person: dict[str, Any]) -> tuple[str, str, int]:
     """Where a page of :func:`receipts_people` ending with ``person`` stops."""
-    return (person["township"] or "", person["village"] or "", int(person["delivery_id"]))
+    key = person["person_id"] if "person_id" in person else person["delivery_id"]
+    return (person["township"] or "", person["village"] or "", int(key))
 
 
 async def alert_progress(conn: AsyncConnection, alert_id: int) -> dict[str, dict[str, int]]:

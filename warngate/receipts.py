@@ -19,12 +19,15 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Float,
+    String,
+    and_,
     bindparam,
     case,
     func,
     insert,
     literal,
     literal_column,
+    or_,
     select,
     update,
 )
@@ -54,6 +57,7 @@ from warngate.store.schema import (
     LIVE_ALERT_STATES,
     acknowledgements,
     alerts,
+    audit_log,
     contacts,
     deliveries,
     provider_events,
@@ -88,6 +92,8 @@ STATUS_STATE: dict[str, str | None] = {
     "canceled": "failed",
 }
 _GIVE_UP_AFTER = 30.0
+#: ``deliveries.acked_how``: the person answered themselves, or someone answered for them.
+SELF, COVERED = "self", "covered"
 # Literal, so SQLite can use the partial index on people who must answer.
 _ACK_REQUIRED: ColumnElement[bool] = literal_column("ack_required")
 
@@ -146,6 +152,7 @@ class ReceiptWriter:
         detail: str | None = None,
         event: ProviderEvent | None = None,
     ) -> None:
+        """The recipient of a delivery answered it (a reply, a key press, the link)."""
         self._pending.append(_Pending("ack", {
             "delivery_id": delivery_id, "provider_ref": clean_text(provider_ref, 64),
             "phone": clean_text(phone, 32), "via": clean_text(via, 16),
@@ -374,8 +381,9 @@ async def _resolve_phones(conn: AsyncConnection, acks: Sequence[_Pending]) -> No
                 contacts.c.phone.in_(phones[i : i + 500]),
                 _ACK_REQUIRED,
                 deliveries.c.kind != "cancel",
-                deliveries.c.acked_at.is_(None),
-                in_states(ANSWERABLE),
+                # Covered by someone else: their own answer is still wanted and counted.
+                or_(deliveries.c.acked_at.is_(None), deliveries.c.acked_how == COVERED),
+                or_(in_states(ANSWERABLE), deliveries.c.acked_how == COVERED),
                 alerts.c.state.in_(sorted(_LIVE_ALERT)),
             )
             .group_by(contacts.c.phone)
@@ -408,7 +416,7 @@ async def _existing(conn: AsyncConnection, ids: set[int]) -> dict[int, Any]:
             select(
                 deliveries.c.id, deliveries.c.alert_id, deliveries.c.contact_id,
                 deliveries.c.on_behalf_of, deliveries.c.speaker_id, deliveries.c.state,
-                deliveries.c.acked_at,
+                deliveries.c.acked_at, deliveries.c.acked_how,
             ).where(deliveries.c.id.in_(part))
         ):
             found[row.id] = row
@@ -422,14 +430,23 @@ async def _existing(conn: AsyncConnection, ids: set[int]) -> dict[int, Any]:
 class _Known:
     """A delivery row and its alert's state."""
 
-    __slots__ = ("alert_id", "alert_state", "contact_id", "id", "on_behalf_of",
+    __slots__ = ("acked_how", "alert_id", "alert_state", "contact_id", "id", "on_behalf_of",
                  "speaker_id", "state")
 
     def __init__(self, row: Any, alert_state: str | None) -> None:
         self.id, self.alert_id, self.contact_id = row.id, row.alert_id, row.contact_id
         self.on_behalf_of, self.speaker_id, self.state = (
             row.on_behalf_of, row.speaker_id, row.state)
+        self.acked_how = row.acked_how
         self.alert_state = alert_state
+
+    @property
+    def person(self) -> int | None:
+        """Whose 叫应 this row is for: its recipient's, or the silent person's a supervisor
+        was called about."""
+        person: int | None = (self.on_behalf_of if self.on_behalf_of is not None
+                              else self.contact_id)
+        return person
 
 
 _BY_ID = deliveries.c.id == p_id()
@@ -454,9 +471,22 @@ _RECEIPT_INSERT = Batch(insert(receipts_table).values(
 # is read again by the statement itself: a cancel that committed after this batch was read
 # still wins (no lock held on the alert, which planning and accepting alerts would wait for).
 _ACK_MOVE = Batch(move(
-    Event.ACK, _BY_ID, _ALERT_LIVE, acked_at=p_float("b_at"), lease_until=None,
+    Event.ACK, _BY_ID, _ALERT_LIVE, acked_at=p_float("b_at"), acked_how=p_str("b_how"),
+    lease_until=None,
     escalate_at=case((deliveries.c.role == "speaker", deliveries.c.escalate_at),
                      else_=literal(None, Float()))))
+#: The person's every row for the alert: settled now, or, when they answer themselves after
+#: someone covered for them, counted as answered by themselves (the first time stays).
+_PERSON_SETTLED = {
+    who.name: Batch(
+        update(deliveries)
+        .where(_ACK_REQUIRED, who == p_id("b_person"), deliveries.c.alert_id == p_id("b_alert"),
+               or_(deliveries.c.acked_at.is_(None),
+                   and_(p_str("b_how") == literal(SELF, String()),
+                        deliveries.c.acked_how.is_distinct_from(literal(SELF, String())))))
+        .values(acked_at=func.coalesce(deliveries.c.acked_at, p_float("b_at")),
+                acked_how=p_str("b_how"), escalate_at=None))
+    for who in (deliveries.c.contact_id, deliveries.c.on_behalf_of)}
 
 
 async def _write_receipts(conn: AsyncConnection, items: Sequence[dict[str, Any]]) -> None:
@@ -478,46 +508,52 @@ async def _write_receipts(conn: AsyncConnection, items: Sequence[dict[str, Any]]
 async def _write_acks(
     conn: AsyncConnection, items: Sequence[dict[str, Any]], known: dict[int, Any]
 ) -> None:
-    """Record acknowledgements in a few bulk statements, however many arrive at once."""
+    """Record acknowledgements in a few bulk statements, however many arrive at once.
+
+    Each says whose 叫应 it settles (the row's person) and who answered: the person
+    themselves, a supervisor called about them (the row is ``on_behalf_of`` them), or staff
+    or a grid worker recording it (``by`` in the item). Only the person's own answer makes
+    them "answered"; any other makes them "covered", which their own answer later upgrades.
+    """
     seen: set[int] = set()
-    firsts: list[tuple[dict[str, Any], Any]] = []
+    firsts: list[tuple[dict[str, Any], Any, str]] = []
     for d in sorted(items, key=lambda d: d["delivery_id"]):
         row = known[d["delivery_id"]]
-        if row.state == DeliveryState.ACKNOWLEDGED or row.id in seen:
+        by = d.get("by") or (SELF if row.on_behalf_of is None else "supervisor")
+        how = SELF if by == SELF else COVERED
+        upgrade = how == SELF and row.acked_how == COVERED
+        if (row.state == DeliveryState.ACKNOWLEDGED and not upgrade) or row.id in seen:
             continue  # repeated callbacks have one effect
         seen.add(row.id)
-        firsts.append((d, row))
+        firsts.append((d, row, by))
     if not firsts:
         return
     await conn.execute(insert(acknowledgements), [
         {"delivery_id": row.id, "alert_id": row.alert_id, "contact_id": row.contact_id,
-         "speaker_id": row.speaker_id, "via": d["via"], "detail": d["detail"], "at": d["at"]}
-        for d, row in firsts])
-    await _ACK_MOVE.run(conn, [{"b_id": row.id, "b_at": d["at"]} for d, row in firsts])
-    # The person (or their supervisor, answering for them) has responded: no further
-    # escalation on any of their deliveries for this alert. Two statements, each on its own
-    # partial index (an OR would scan the alert's every delivery).
-    people = {}
-    for d, row in firsts:
-        person = row.on_behalf_of if row.on_behalf_of is not None else row.contact_id
-        if person is not None:
-            people[(person, row.alert_id)] = d["at"]
+         "speaker_id": row.speaker_id, "via": d["via"], "detail": d["detail"], "at": d["at"],
+         "person_id": row.person, "answered_by": by, "actor": d.get("actor"),
+         "note": d.get("note")}
+        for d, row, by in firsts])
+    await _ACK_MOVE.run(conn, [
+        {"b_id": row.id, "b_at": d["at"], "b_how": SELF if by == SELF else COVERED}
+        for d, row, by in firsts])
+    # The person has answered, or been answered for: no further escalation on any of their
+    # deliveries for this alert. Two statements, each on its own partial index (an OR would
+    # scan the alert's every delivery). A person's own answer wins over a cover.
+    people: dict[tuple[int, int], tuple[float, str]] = {}
+    for d, row, by in firsts:
+        if row.person is None:
+            continue
+        how = SELF if by == SELF else COVERED
+        key = (row.person, row.alert_id)
+        if key not in people or (how == SELF and people[key][1] != SELF):
+            people[key] = (d["at"], how)
     if not people:
         return
-    params = [{"b_person": p, "b_alert": a, "b_at": at}
-              for (p, a), at in sorted(people.items())]
-    for who in (deliveries.c.contact_id, deliveries.c.on_behalf_of):
-        await conn.execute(
-            update(deliveries)
-            .where(
-                _ACK_REQUIRED,
-                who == p_id("b_person"),
-                deliveries.c.alert_id == p_id("b_alert"),
-                deliveries.c.acked_at.is_(None),
-            )
-            .values(acked_at=p_float("b_at"), escalate_at=None),
-            params,
-        )
+    params = [{"b_person": p, "b_alert": a, "b_at": at, "b_how": how}
+              for (p, a), (at, how) in sorted(people.items())]
+    for statement in _PERSON_SETTLED.values():
+        await statement.run(conn, params)
 
 
 async def _apply_statuses(conn: AsyncConnection, statuses: dict[str, bool]) -> list[str]:
@@ -540,3 +576,54 @@ async def _apply_statuses(conn: AsyncConnection, statuses: dict[str, bool]) -> l
         )
     # Every offline report, not only changes: the fallback adds each village's call once.
     return [k for k, v in statuses.items() if k in before and not v]
+
+
+#: Who may answer for a person, besides the person: ``acknowledgements.answered_by``.
+COVER_BY = ("supervisor", "staff", "grid_worker")
+
+
+class CoverError(LookupError):
+    """The acknowledgement cannot be recorded; the message says why (in Chinese)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def record_for(
+    store: Store, alert_id: int, person_id: int, *, by: str, via: str, actor: str,
+    note: str | None = None, township: str | None = None, at: float | None = None,
+) -> dict[str, Any]:
+    """Someone else answers for ``person_id`` (a supervisor who reached them, staff recording
+    a call or a visit, their grid worker in person): the person counts as covered, never as
+    having answered themselves, and escalation about them stops. Audited with ``actor``.
+
+    ``township``: the recorder acts for that township only.
+    """
+    if by not in COVER_BY:
+        raise CoverError("bad_by", f"by 须为 {'/'.join(COVER_BY)} 之一")
+    at = time.time() if at is None else at
+    async with store.write() as conn:
+        row = (await conn.execute(
+            select(deliveries.c.id, deliveries.c.township_code)
+            .where(_ACK_REQUIRED, deliveries.c.contact_id == person_id,
+                   deliveries.c.alert_id == alert_id, deliveries.c.on_behalf_of.is_(None),
+                   deliveries.c.kind != "cancel")
+            .order_by(deliveries.c.id.desc()).limit(1))).one_or_none()
+        if row is None:
+            raise CoverError("not_found", "此人不是本预警须叫应的责任人")
+        if township and row.township_code != township:
+            raise CoverError("outside_township", f"此人不属于乡镇 {township}")
+        known = await _existing(conn, {row.id})
+        if known[row.id].alert_state not in _LIVE_ALERT:
+            raise CoverError("alert_not_live",
+                             f"预警已{known[row.id].alert_state}，不再记录叫应")
+        already = known[row.id].acked_how
+        await _write_acks(conn, [{"delivery_id": row.id, "via": clean_text(via, 16),
+                                  "detail": None, "at": at, "by": by, "actor": actor,
+                                  "note": clean_text(note)}], known)
+        await conn.execute(insert(audit_log).values(
+            at=at, actor=actor, action="ack_for", alert_id=alert_id,
+            detail={"person_id": person_id, "by": by, "via": via, "note": note}))
+    return {"alert_id": alert_id, "person_id": person_id, "by": by, "via": via,
+            "status": "already_answered" if already == SELF else "covered"}

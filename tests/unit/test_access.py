@@ -18,6 +18,7 @@ TABLE = {
     Action.PUSH_CAP: {A, F},
     Action.READINGS: {A, F},
     Action.METRICS: {A, D, P, T, F},
+    Action.RECORD_ACK: {A, D, T},
 }
 ACTORS = {
     A: Actor("root", A), D: Actor("duty", D), P: Actor("boss", P),

@@ -144,6 +144,11 @@ class Store:
         pending.set_result(answer)
         return answer
 
+    def forget_shared(self) -> None:
+        """Drop every shared answer: the next reader counts afresh (tests, after a change
+        that must show at once)."""
+        self._answers.clear()
+
     def _keep(self, key: Hashable, fresh_until: float, answer: Any) -> None:
         if len(self._answers) >= 256:  # boards of past alerts: drop what has gone stale
             now = self._clock()

@@ -8,11 +8,11 @@ import math
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlencode
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from warngate import alertviews, board
 from warngate.access import Action, may, require
@@ -29,6 +29,7 @@ from warngate.alerts import (
 from warngate.feeds import health as feed_health
 from warngate.metrics import render_metrics
 from warngate.policy import Policy
+from warngate.receipts import CoverError, record_for
 from warngate.service import Gateway, load_adapters, running_gateway
 from warngate.settings import Settings
 from warngate.store.schema import ALERT_STATES, DELIVERY_STATES
@@ -50,7 +51,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _M = TypeVar("_M", bound=BaseModel)
 #: ``?state=`` of the receipts list: a delivery state, or who has not answered / was escalated.
-RECEIPT_STATES = (*DELIVERY_STATES, "unacknowledged", "escalated")
+RECEIPT_STATES = (*DELIVERY_STATES, *board.VIEWS)
 #: Our JSON bodies are three levels deep; anything far deeper is not one of them, and deep
 #: nesting exhausts Python's stack in the decoder and in validation.
 MAX_JSON_DEPTH = 32
@@ -449,10 +450,19 @@ async def receipts(request: web.Request) -> web.Response:
     if not state:
         return web.Response(body=await board.receipts_json(store, row.id, township=township),
                             content_type="application/json", charset="utf-8")
+    # People who must answer, one row each; "unacknowledged" is the silent ones (it listed
+    # deliveries: one person three times).
+    view = "silent" if state == "unacknowledged" else state
     async with store.board() as conn:
         # One more than asked tells whether a next page exists.
-        people = await board.receipts_people(conn, row.id, township=township, state=state,
-                                             limit=limit + 1, offset=offset, after=after)
+        if view in board.PEOPLE_VIEWS:
+            people = await board.responsible_people(conn, row.id, view=view,
+                                                    township=township, limit=limit + 1,
+                                                    after=after)
+        else:
+            people = await board.receipts_people(conn, row.id, township=township,
+                                                 state=state, limit=limit + 1,
+                                                 offset=offset, after=after)
     more = len(people) > limit
     people = people[:limit]
     next_after = ":".join(map(str, board.people_cursor(people[-1]))) if more else None
@@ -461,6 +471,39 @@ async def receipts(request: web.Request) -> web.Response:
                "next_after": next_after,
                "next": None if next_after is None
                else _page_url(request, after=next_after, limit=limit)})
+
+
+class CoverRequest(BaseModel):
+    """Someone answers for a person: who (their contact id or roster id), how, and a note."""
+
+    model_config = ConfigDict(extra="forbid")
+    person: int | str
+    by: Literal["supervisor", "staff", "grid_worker"] = "staff"
+    via: Literal["call", "visit", "in_person", "sms", "other"] = "call"
+    note: str | None = Field(default=None, max_length=2000)
+
+
+async def record_acknowledgement(request: web.Request) -> web.Response:
+    """``POST /api/v1/alerts/{id}/acknowledgements``: staff, a supervisor or a grid worker
+    record that they reached a person who had not answered; the person counts as covered."""
+    actor = _actor(request)
+    require(actor, Action.RECORD_ACK)
+    alert_id = _alert_id(request)
+    body, data = await _json_body(request)
+    req = await _validated(request, CoverRequest, body, data, noun="acknowledgement",
+                           message="the acknowledgement is not valid")
+    store = request.app[GATEWAY].store
+    person = await alertviews.find_contact(store, req.person)
+    if person is None:
+        raise AlertError(404, "not_found", f"no person {req.person}")
+    try:
+        done = await record_for(store, alert_id, person, by=req.by, via=req.via,
+                                actor=actor.name, note=req.note, township=actor.township)
+    except CoverError as exc:
+        status = {"not_found": 404, "outside_township": 403}.get(exc.code, 409)
+        await _reject(request, str(exc), body)
+        raise AlertError(status, exc.code, str(exc)) from None
+    return ok(done, status=201)
 
 
 # -- CAP ------------------------------------------------------------------------------------
@@ -618,6 +661,8 @@ def build_app(settings: Settings, policy: Policy,
     app.router.add_post("/api/v1/alerts/{alert_id}/approve", approve)
     app.router.add_post("/api/v1/alerts/{alert_id}/cancel", cancel)
     app.router.add_get("/api/v1/alerts/{alert_id}/receipts", receipts)
+    app.router.add_post("/api/v1/alerts/{alert_id}/acknowledgements",
+                        record_acknowledgement)
     app.router.add_post("/api/v1/cap", cap_push)
     app.router.add_post("/api/v1/hydrology/readings", hydrology_readings)
     # add_get also answers HEAD with the same handler, which shows and never acknowledges.
