@@ -26,7 +26,26 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 log = logging.getLogger(__name__)
 
-MessageKind = Literal["alert", "update", "cancel", "nobody"]
+#: ``followup``: a grid worker's list of households to visit; ``report``: field reports passed
+#: on to a duty officer. Both carry a signed link to their page (see ``page_url``).
+MessageKind = Literal["alert", "update", "cancel", "nobody", "followup", "report"]
+
+#: The page a ``followup`` or ``report`` message links to, under the gateway's public URL.
+_PAGES = {"followup": "/f/", "report": "/r/"}
+
+
+def page_url(message: Outbound) -> str | None:
+    """The link a follow-up or forwarded-reports message carries: its page, named by the
+    same signed token as the message's acknowledgement link (None for other messages).
+
+    The dispatcher renders alert texts only, so these messages come with an
+    acknowledgement link, and the SMS adapters write their words and this link instead.
+    """
+    page = _PAGES.get(message.kind)
+    if page is None or not message.ack_url:
+        return None
+    base, sep, token = message.ack_url.rpartition("/ack/")
+    return f"{base}{page}{token}" if sep else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +152,21 @@ class ReceiptSink(Protocol):
 
     def speaker_status(self, speaker_id: str, *, online: bool) -> None:
         """A speaker came online or went offline (its retained status / last will)."""
+
+    def field_report(
+        self,
+        *,
+        phone: str,
+        text: str,
+        via: str,
+        event: ProviderEvent | None = None,
+    ) -> None:
+        """A person sent something that is not an acknowledgement ("家里进水了"): a field
+        report, stored with who sent it and passed on to the duty officer by policy.
+
+        Sinks written before this method existed may lack it; adapters then keep the text
+        as rejected input, as before.
+        """
 
 
 @runtime_checkable

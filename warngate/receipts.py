@@ -100,7 +100,7 @@ _ACK_REQUIRED: ColumnElement[bool] = literal_column("ack_required")
 
 @dataclass
 class _Pending:
-    kind: str  # receipt | ack
+    kind: str  # receipt | ack | report
     data: dict[str, Any]
     event: ProviderEvent | None = None
     first_seen: float = field(default_factory=time.time)
@@ -163,6 +163,21 @@ class ReceiptWriter:
         self._statuses[speaker_id] = online
         self._kick.set()
 
+    def field_report(
+        self,
+        *,
+        phone: str,
+        text: str,
+        via: str,
+        event: ProviderEvent | None = None,
+    ) -> None:
+        """A text that is not an acknowledgement: stored as a field report
+        (``warngate.fieldreports``), written with the next batch."""
+        self._pending.append(_Pending("report", {
+            "phone": clean_text(phone, 32), "text": clean_text(text), "via": clean_text(via, 16),
+            "at": time.time()}, event))
+        self._kick.set()
+
     # -- writing ----------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -213,7 +228,8 @@ class ReceiptWriter:
     async def _write(self, batch: Sequence[_Pending], statuses: dict[str, bool]
                      ) -> tuple[list[_Pending], list[str]]:
         async with self.store.write() as conn:
-            retry = await self._apply(conn, batch)
+            retry = await self._apply(conn, [p for p in batch if p.kind != "report"])
+            await _write_field_reports(conn, [p for p in batch if p.kind == "report"])
             offline = await _apply_statuses(conn, statuses)
         return retry, offline
 
@@ -290,6 +306,14 @@ class ReceiptWriter:
 
 
 _LIVE_ALERT = frozenset(LIVE_ALERT_STATES)
+
+
+async def _write_field_reports(conn: AsyncConnection, reports: Sequence[_Pending]) -> None:
+    """Field reports (issue 10, item 5), each once however often its provider sends it."""
+    if reports:
+        from warngate.fieldreports import store_sms_reports
+
+        await store_sms_reports(conn, [p.data for p in await _first_time(conn, reports)])
 
 
 def _store_unavailable(exc: BaseException) -> bool:

@@ -28,6 +28,8 @@ from warngate.escalation import (
     speakers_needing_fallback,
 )
 from warngate.feeds import FeedPoller
+from warngate.fieldreports import forward as forward_reports
+from warngate.followup import follow_up
 from warngate.hydrology import Hydrology
 from warngate.planning import Planner
 from warngate.policy import Policy
@@ -282,6 +284,12 @@ class Gateway:
             self._job, "interval", args=[self._expire], seconds=30, id="expiry",
             max_instances=1, coalesce=True,
         )
+        if self.policy.followup.levels or self.policy.field_reports.forward_to:
+            scheduler.add_job(
+                self._job, "interval", args=[self._follow_up],
+                seconds=self.policy.followup.every, id="followup", max_instances=1,
+                coalesce=True, next_run_time=datetime.now(UTC),
+            )
         if self.feeds is not None:
             for feed in self.feeds.feeds:
                 scheduler.add_job(
@@ -337,6 +345,13 @@ class Gateway:
 
     async def _expire(self) -> None:
         await expire_due(self.store)
+
+    async def _follow_up(self) -> None:
+        """Households for their grid workers to visit; field reports to the duty officers."""
+        listed = await follow_up(self.store, self.policy)
+        forwarded = await forward_reports(self.store, self.policy)
+        if listed.notified or forwarded:
+            self.dispatcher.wake()
 
     async def _escalate(self) -> None:
         stepped = await escalate_due(self.store, self.policy)

@@ -34,6 +34,7 @@ from warngate.service import Gateway, load_adapters, running_gateway
 from warngate.settings import Settings
 from warngate.store.schema import ALERT_STATES, DELIVERY_STATES
 from warngate.web import ack
+from warngate.web import field as field_pages
 from warngate.web.auth import TokenBook
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ ACTOR = web.RequestKey("actor", Actor)
 #: Set once a request's refusal is kept, so the middleware does not keep it twice.
 _KEPT = web.RequestKey("kept", bool)
 _STATIC = Path(__file__).parent / "static"
-_PUBLIC = ("/healthz", "/ack/", "/hooks/", "/static/")
+# /f/ and /r/: follow-up and field-report pages, reached by a signed link (warngate.web.field).
+_PUBLIC = ("/healthz", "/ack/", "/f/", "/r/", "/hooks/", "/static/")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -668,6 +670,7 @@ def build_app(settings: Settings, policy: Policy,
     # add_get also answers HEAD with the same handler, which shows and never acknowledges.
     app.router.add_get("/ack/{token}", ack.show)
     app.router.add_post("/ack/{token}", ack.confirm)
+    field_pages.setup(app, gateway=GATEWAY, actor=ACTOR)  # follow-ups, field reports
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)

@@ -4,7 +4,8 @@ Entry point ``twilio-sms``. Webhooks (paths under ``/hooks/twilio/<adapter name>
 
 - ``status`` — the StatusCallback of every message we send (``?d=<delivery id>``).
 - ``inbound`` — configure it as the number's (or Messaging Service's) incoming-message URL;
-  a reply such as ``1`` or ``收到`` acknowledges the sender's newest open delivery.
+  a reply such as ``1`` or ``收到`` acknowledges the sender's newest open delivery; any other
+  text ("家里进水了") is a field report (``ReceiptSink.field_report``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from aiohttp import web
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.twiml.messaging_response import MessagingResponse
 
-from warngate.adapter import Outbound, PermanentError, ProviderEvent, SendResult
+from warngate.adapter import Outbound, PermanentError, ProviderEvent, SendResult, page_url
 from warngate.phone import mask
 from warngate_twilio.base import TwilioAdapter
 from warngate_twilio.options import SmsOptions
@@ -57,6 +58,9 @@ class TwilioSmsAdapter(TwilioAdapter[SmsOptions]):
 
     def compose(self, message: Outbound) -> SmsText:
         """The text of ``message``: headline, acknowledgement line and link, then the body."""
+        page = page_url(message)
+        if page is not None:
+            return self._compose_page(message, page)
         ack_line = None
         if message.ack_required and message.ack_url and message.kind != "cancel":
             ack_line = self._instruction(message.lang) + message.ack_url
@@ -64,6 +68,20 @@ class TwilioSmsAdapter(TwilioAdapter[SmsOptions]):
             headline=message.headline, body=message.text, ack_line=ack_line,
             prefix=self.options.prefix, max_segments=self.options.max_segments,
         )
+
+    def _compose_page(self, message: Outbound, page: str) -> SmsText:
+        """A grid worker's follow-up list or a duty officer's field reports: what to do and
+        the link; the warning itself reached them before."""
+        english = message.lang.lower().startswith("en")
+        if message.kind == "followup":
+            headline = ("[FOLLOW-UP] " if english else "【入户跟进】") + message.headline
+            line = ("Households to visit in person: " if english
+                    else "请逐户当面告知或协助转移，并记录结果，名单：") + page
+        else:
+            headline = ("[FIELD REPORT] " if english else "【现场报告】") + message.headline
+            line = ("New field reports: " if english else "辖区有新的现场报告，请查看：") + page
+        return compose_sms(headline=headline, body="", ack_line=line,
+                           prefix=self.options.prefix, max_segments=self.options.max_segments)
 
     def _instruction(self, lang: str) -> str:
         words = self.options.ack_instruction
@@ -140,13 +158,23 @@ class TwilioSmsAdapter(TwilioAdapter[SmsOptions]):
         if self.guard.repeat(("inbound", sid)):
             return twiml(EMPTY_TWIML)
         if normalise_reply(body) not in self._ack_words:
-            # Not an acknowledgement ("家里进水了"): kept for people to read, never dropped.
+            # Not an acknowledgement ("家里进水了"): a field report for the duty officer.
             self.counts["replies_other"] += 1
-            await self.guard.refuse(
-                request, what,
-                f"reply from {mask(sender)} is not an acknowledgement: {body[:300]!r}",
-                refused=False,
-            )
+            report = getattr(sink, "field_report", None)
+            if report is None or not body.strip():
+                # A sink without field reports (or an empty text): kept for people to
+                # read, never dropped.
+                await self.guard.refuse(
+                    request, what,
+                    f"reply from {mask(sender)} is not an acknowledgement: {body[:300]!r}",
+                    refused=False,
+                )
+                return twiml(EMPTY_TWIML)
+            self.counts["field_reports"] += 1
+            log.info("adapter %s: field report from %s (%d characters)", self.name,
+                     mask(sender), len(body))
+            report(phone=sender, text=body, via="sms",
+                   event=ProviderEvent(self.name, f"inbound:{sid}"))
             return twiml(EMPTY_TWIML)
         self.counts["replies_ack"] += 1
         # The reply's own id: a captured signed "1" replayed later acknowledges nothing.
