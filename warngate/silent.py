@@ -114,7 +114,7 @@ async def silent_lists(conn: AsyncConnection, keys: Sequence[SilentKey]
     village = regions.alias("village")
     q = (
         select(deliveries.c.alert_id, deliveries.c.township_code, deliveries.c.silent_at,
-               contacts.c.id, contacts.c.name, contacts.c.role,
+               contacts.c.id, contacts.c.name, contacts.c.role, contacts.c.village_code,
                village.c.name.label("village"))
         .distinct()
         .join(contacts, contacts.c.id == _person())
