@@ -95,6 +95,9 @@ class ComposeRequest(BaseModel):
     areas: list[str] = Field(min_length=1, max_length=5000)
     expires: datetime | None = None
     status: Literal["Actual", "Exercise", "Test"] = "Actual"
+    #: A drill for everyone (全民演练): households take part when the policy allows
+    #: (``drills.community``); ignored for Actual alerts.
+    community_drill: bool = False
 
     @field_validator("expires")
     @classmethod
@@ -133,6 +136,8 @@ class NewAlert:
     translations: dict[str, dict[str, str]] | None = None
     #: For CAP: the bytes exactly as received (``raw`` is their text, for display).
     raw_bytes: bytes | None = None
+    #: An Exercise/Test alert for everyone, households included (policy ``drills.community``).
+    community_drill: bool = False
     #: Flaws accepted with the message: [{rule, element, message}] (docs/feeds.md).
     warnings: tuple[dict[str, str], ...] = ()
 
@@ -210,13 +215,17 @@ class AlertService:
                 identifier=str(uuid.uuid4()), sent=_iso(now), level=req.level,
                 event=req.event, headline=req.headline, description=req.description,
                 instruction=req.instruction, areas=areas, status=req.status,
+                community_drill=req.community_drill and req.status != "Actual",
                 expires=req.expires.timestamp() if req.expires else None,
                 created_by=actor.name, raw=req.model_dump_json(),
             )
             alert_id = await _insert_alert(conn, new, state="pending_approval", now=now)
             await audit(conn, actor.name, "compose", alert_id, level=req.level,
-                        headline=req.headline, areas=areas)
-            counts = await estimate_recipients(conn, self.policy, req.level, req.status, targets)
+                        headline=req.headline, areas=areas,
+                        **({"community_drill": True} if new.community_drill else {}))
+            counts = await estimate_recipients(conn, self.policy, req.level, req.status, targets,
+                                               event=req.event,
+                                               community=new.community_drill)
         return Accepted(alert_id, "pending_approval", counts)
 
     async def approve(self, actor: Actor, alert_id: int) -> Accepted:
@@ -241,7 +250,8 @@ class AlertService:
                 await self._plan_first(conn, alert_id, now)
             targets = await resolve_targets(conn, row.areas)
             counts = await estimate_recipients(conn, self.policy, row.level, row.status,
-                                               targets)
+                                               targets, event=row.event,
+                                               community=row.community_drill)
         self._on_accepted()
         return Accepted(alert_id, "dispatching", counts)
 
@@ -320,7 +330,8 @@ class AlertService:
                 if self._plan_first is not None:
                     await self._plan_first(conn, alert_id, now)
                 counts = await estimate_recipients(conn, self.policy, new.level, new.status,
-                                                   targets)
+                                                   targets, event=new.event,
+                                                   community=new.community_drill)
         except IntegrityError:
             if within is not None:
                 raise  # the caller's transaction is spoilt; it decides what to do
@@ -363,6 +374,7 @@ async def _insert_alert(conn: AsyncConnection, new: NewAlert, *, state: str, now
             description=new.description, instruction=new.instruction, areas=new.areas,
             onset=new.onset, expires=new.expires, raw=new.raw, state=state,
             translations=new.translations, raw_bytes=new.raw_bytes,
+            community_drill=new.community_drill,
             warnings=list(new.warnings) or None,
             created_by=new.created_by, created_at=now, updated_at=now,
             plan_stage=0 if state in ("pending_approval", "dispatching") else 2,

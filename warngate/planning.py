@@ -60,6 +60,10 @@ class Targets:
     villages: tuple[str, ...] = ()
     grids: tuple[str, ...] = ()
     unknown: tuple[str, ...] = ()
+    #: Every township the warning touches, if only by one grid (roles with reach township).
+    touched_townships: tuple[str, ...] = ()
+    #: Counties the warning covers whole: named, or every township named (reach county).
+    counties: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -76,6 +80,17 @@ class Targets:
             terms.append(table.c.grid_code.in_(self.grids))
         return or_(*terms) if terms else literal(False)
 
+    def reaches(self, reach: str) -> ColumnElement[bool]:
+        """SQL condition on ``contacts``: inside the area, or within the role's ``reach``."""
+        if reach == "township":
+            # Every village and grid of the area lies in a touched township, so this
+            # covers the area too.
+            return (contacts.c.township_code.in_(self.touched_townships)
+                    if self.touched_townships else literal(False))
+        if reach == "county" and self.counties:
+            return or_(self.covers(contacts), contacts.c.region_code.in_(self.counties))
+        return self.covers(contacts)
+
 
 async def resolve_targets(conn: AsyncConnection, codes: Sequence[str]) -> Targets:
     """Region codes → townships, villages and grids; a county code means all its townships."""
@@ -84,12 +99,27 @@ async def resolve_targets(conn: AsyncConnection, codes: Sequence[str]) -> Target
         return Targets()
     rows = (
         await conn.execute(
-            select(regions.c.code, regions.c.level).where(regions.c.code.in_(wanted))
+            select(regions.c.code, regions.c.level, regions.c.parent_code,
+                   regions.c.township_code).where(regions.c.code.in_(wanted))
         )
     ).all()
     level_of = {r.code: r.level for r in rows}
     counties = [c for c in wanted if level_of.get(c) == "county"]
     townships = [c for c in wanted if level_of.get(c) == "township"]
+    touched = [r.township_code for r in rows if r.level in ("village", "grid")
+               and r.township_code]
+    if townships:
+        # A county all of whose townships are named is covered whole, as if named.
+        named: dict[str, int] = {}
+        for r in rows:
+            if r.level == "township" and r.parent_code and r.parent_code not in counties:
+                named[r.parent_code] = named.get(r.parent_code, 0) + 1
+        if named:
+            sizes = (await conn.execute(
+                select(regions.c.parent_code, func.count())
+                .where(regions.c.level == "township", regions.c.parent_code.in_(list(named)))
+                .group_by(regions.c.parent_code))).all()
+            counties += [parent for parent, n in sizes if named.get(parent) == n]
     if counties:
         townships += list(
             (
@@ -100,35 +130,49 @@ async def resolve_targets(conn: AsyncConnection, codes: Sequence[str]) -> Target
                 )
             ).scalars()
         )
+    townships = list(dict.fromkeys(townships))
     return Targets(
-        townships=tuple(dict.fromkeys(townships)),
+        townships=tuple(townships),
         villages=tuple(c for c in wanted if level_of.get(c) == "village"),
         grids=tuple(c for c in wanted if level_of.get(c) == "grid"),
         unknown=tuple(c for c in wanted if c not in level_of),
+        touched_townships=tuple(dict.fromkeys(townships + touched)),
+        counties=tuple(dict.fromkeys(counties)),
     )
 
 
-def _level_roles(policy: Policy, level: str, status: str) -> dict[str, RolePolicy]:
-    roles = dict(policy.levels[level].roles)
+def _level_roles(policy: Policy, level: str, status: str, event: str = "",
+                 community: bool = False) -> dict[str, RolePolicy]:
+    """The roles an alert reaches: its level's, with its hazards' merged over them; a
+    drill's only those the policy names for drills (households only in a community-wide
+    drill)."""
+    roles = policy.roles_for(level, event)
     if status != "Actual":
-        # Drills and tests never reach households, only the roles the policy names.
-        roles = {r: p for r, p in roles.items() if r in policy.drills.roles}
+        allowed = policy.drill_roles(community)
+        roles = {r: p for r, p in roles.items() if r in allowed}
     return roles
 
 
+#: Who can be sent anything: on the roster, and with a phone (a household without one is
+#: reached through its bound grid worker, never by a message to nobody).
+_REACHABLE = and_(contacts.c.active.is_(True), contacts.c.phone.is_not(None))
+
+
 async def estimate_recipients(
-    conn: AsyncConnection, policy: Policy, level: str, status: str, targets: Targets
+    conn: AsyncConnection, policy: Policy, level: str, status: str, targets: Targets,
+    *, event: str = "", community: bool = False,
 ) -> dict[str, int]:
     """Recipients per channel of the first step, for the answer to whoever sent the alert."""
     counts: dict[str, int] = {}
     if targets.empty:
         return counts
-    for role, rp in _level_roles(policy, level, status).items():
+    for role, rp in _level_roles(policy, level, status, event, community).items():
+        where = targets.covers(contacts) if role == "household" else targets.reaches(rp.reach)
         n = (
             await conn.execute(
                 select(func.count())
                 .select_from(contacts)
-                .where(contacts.c.role == role, targets.covers(contacts))
+                .where(contacts.c.role == role, _REACHABLE, where)
             )
         ).scalar_one()
         for channel in rp.channels:
@@ -178,7 +222,7 @@ def _contact_rows(
          "ack_required": rp.ack.required, "escalate_at": escalate_at,
          "township_code": contacts.c.township_code, "village_code": contacts.c.village_code,
          "grid_code": contacts.c.grid_code, "created_at": now},
-        lambda sel: sel.where(contacts.c.role == role, where),
+        lambda sel: sel.where(contacts.c.role == role, _REACHABLE, where),
     )
 
 
@@ -301,7 +345,8 @@ class Planner:
             return 0
         kind = _kind_of(alert.msg_type)
         added = 0
-        for role, rp in _level_roles(self.policy, alert.level, alert.status).items():
+        for role, rp in _level_roles(self.policy, alert.level, alert.status, alert.event,
+                                     alert.community_drill).items():
             if role == "household":
                 continue
             for i, channel in enumerate(rp.channels):
@@ -309,7 +354,7 @@ class Planner:
                     _contact_rows(
                         alert_id=alert.id, kind=kind, role=role, level=alert.level,
                         channel=channel, rp=rp, escalates=i == 0, now=now,
-                        where=targets.covers(contacts),
+                        where=targets.reaches(rp.reach),
                     )
                 )
                 added += max(res.rowcount, 0)
@@ -346,7 +391,7 @@ class Planner:
             select(func.count()).select_from(contacts)
             .where(contacts.c.role.in_(un.roles), contacts.c.region_code.in_(counties))
         )).scalar_one()
-        where: ColumnElement[bool] = contacts.c.role.in_(un.roles)
+        where: ColumnElement[bool] = and_(contacts.c.role.in_(un.roles), _REACHABLE)
         if known:
             where = and_(where, contacts.c.region_code.in_(counties))
         for channel in un.channels:
@@ -362,7 +407,8 @@ class Planner:
     async def _plan_households(
         self, conn: AsyncConnection, alert: Any, targets: Targets, now: float
     ) -> tuple[int, str | None]:
-        rp = _level_roles(self.policy, alert.level, alert.status).get("household")
+        rp = _level_roles(self.policy, alert.level, alert.status, alert.event,
+                          alert.community_drill).get("household")
         if rp is None or targets.empty:
             return 0, None
         kind = _kind_of(alert.msg_type)
