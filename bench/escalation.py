@@ -9,6 +9,8 @@ sent and nobody answered. For each run it prints:
 
 * step 1 (a voice call to the person) and step 2 (a voice call to their supervisor): the
   time one ``escalate_due`` takes for all N overdue people, and the rate;
+* silent: the sweep at the deadline after the last step, which marks all N silent and
+  alarms each township's duty officer and the county's (one message per township);
 * through a running gateway (sim adapters, the escalation sweep every ``--sweep`` seconds):
   the time from the deadline until every person's next-step row exists, next to the sweep
   interval it should stay within.
@@ -47,13 +49,15 @@ from warngate.store.schema import deliveries
 PER_VILLAGE = 100
 VILLAGES_PER_TOWNSHIP = 100
 STEP1_AFTER, STEP2_AFTER = 600.0, 1200.0
+#: The deadline (ack.within) after the last step, so that step has time to be answered.
+WITHIN = 1800.0
 
 POLICY = Policy.model_validate({
     "levels": {
         **{lvl: {"roles": {"grid_worker": {"channels": ["sms"]}}}
            for lvl in ("blue", "yellow", "orange")},
         "red": {"roles": {"grid_worker": {
-            "channels": ["sms"], "ack": {"required": True},
+            "channels": ["sms"], "ack": {"required": True, "within": WITHIN},
             "escalation": [{"after": STEP1_AFTER, "channel": "voice"},
                            {"after": STEP2_AFTER, "channel": "voice", "to": "supervisor"}],
         }}},
@@ -91,6 +95,13 @@ async def build_registry(store: Store, n: int) -> None:
             "SELECT 'head-' || code, '村长' || code, '+86139' || substr(code, 7, 8), "
             "'village_head', code, township_code, code, false, 'zh-CN' "
             "FROM regions WHERE level = 'village'"))
+        await conn.execute(text(
+            "INSERT INTO contacts (external_id, name, phone, role, region_code, township_code, "
+            "vulnerable, lang) "
+            "SELECT 'duty-' || code, '值班员' || code, '+86138' || substr(code, 4, 8), "
+            "'township_duty', code, code, false, 'zh-CN' FROM regions WHERE level = 'township' "
+            "UNION ALL SELECT 'county-duty', '县值班员', '+8613800000000', 'county_duty', "
+            "'339901', NULL, false, 'zh-CN'"))
         await conn.execute(text(
             f"INSERT INTO contacts (external_id, name, phone, role, region_code, township_code, "
             f"village_code, grid_code, supervisor_id, vulnerable, lang) "
@@ -154,6 +165,19 @@ async def direct_steps(url: str, n: int) -> dict[str, float]:
             async with store.write() as conn:
                 await conn.execute(update(deliveries).where(deliveries.c.step == step)
                                    .values(state="sent"))
+        await deadline_at(store, time.time() - 1)
+        await analyze(store)
+        t0 = time.perf_counter()
+        assert await escalate_due(store, POLICY) == 0
+        result["silent_s"] = time.perf_counter() - t0
+        async with store.read() as conn:
+            silent, alarms = (await conn.execute(select(
+                select(func.count()).select_from(deliveries)
+                .where(deliveries.c.silent_at.is_not(None)).scalar_subquery(),
+                select(func.count()).select_from(deliveries)
+                .where(deliveries.c.kind == "silent").scalar_subquery()))).one()
+        townships = -(-n // (PER_VILLAGE * VILLAGES_PER_TOWNSHIP))
+        assert silent == n and alarms == 2 * townships, (silent, alarms)
         return result
     finally:
         await store.close()
@@ -226,7 +250,9 @@ def main() -> None:
               f"step 1 (voice to self) {med['step1_s']:.2f} s "
               f"({args.n / med['step1_s']:,.0f}/s), "
               f"step 2 (supervisor) {med['step2_s']:.2f} s "
-              f"({args.n / med['step2_s']:,.0f}/s); "
+              f"({args.n / med['step2_s']:,.0f}/s), "
+              f"silent + alarm {med['silent_s']:.2f} s "
+              f"({args.n / med['silent_s']:,.0f}/s); "
               f"through the gateway {med['gateway_s']:.2f} s from the deadline "
               f"(sweep every {args.sweep:g} s)", flush=True)
 

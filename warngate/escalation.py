@@ -231,7 +231,8 @@ async def escalate_due(
         SILENT_COUNTS["people"] += silenced
     if added:
         log.info("escalated %d un-acknowledged deliveries", added)
-    if policy.silent.roles:
+    if silenced and policy.silent.roles:
+        # Also alarms a group a crash left unalarmed (within CATCH_UP).
         await alarm_silent(store, policy, now=now)
     return added
 
@@ -355,26 +356,42 @@ async def alarm_silent(store: Store, policy: Policy, *, now: float | None = None
     done = deliveries.alias("done")
     person = contacts.alias("person")
     town = regions.alias("town")
-    county = func.coalesce(town.c.parent_code, person.c.region_code)
+    # Grouped first (the partial index on silent_at), joined after: a sweep that silenced
+    # 100,000 people does a few groups' work, not 100,000 rows'. Groups older than
+    # CATCH_UP (a crash long ago) are left to the people lists.
+    raw = (select(s.c.alert_id, s.c.township_code, s.c.silent_at)
+           .where(s.c.silent_at.is_not(None), s.c.silent_at > now - CATCH_UP,
+                  s.c.silent_at <= now)
+           .group_by(s.c.alert_id, s.c.township_code, s.c.silent_at).subquery("raw"))
+    listed_at_county = deliveries.alias("at_county")
+    # People without a township (a county's own duty officer): their county's officers.
+    county = case((raw.c.township_code.is_not(None), town.c.parent_code), else_=(
+        select(func.min(person.c.region_code))
+        .join(listed_at_county, person.c.id == func.coalesce(
+            listed_at_county.c.on_behalf_of, listed_at_county.c.contact_id))
+        .where(listed_at_county.c.alert_id == raw.c.alert_id,
+               listed_at_county.c.silent_at == raw.c.silent_at,
+               listed_at_county.c.township_code.is_(None))
+        .scalar_subquery()))
     groups = (
-        select(s.c.alert_id, s.c.township_code, s.c.silent_at, county.label("county_code"))
-        .select_from(
-            s.join(alerts, alerts.c.id == s.c.alert_id)
-            .outerjoin(person, person.c.id == func.coalesce(s.c.on_behalf_of, s.c.contact_id))
-            .outerjoin(town, town.c.code == s.c.township_code))
-        .where(s.c.silent_at.is_not(None), s.c.silent_at <= now, alerts.c.state.in_(_LIVE),
-               ~exists().where(done.c.alert_id == s.c.alert_id, done.c.kind == "silent",
-                               done.c.created_at == s.c.silent_at,
-                               done.c.township_code.is_not_distinct_from(s.c.township_code)))
-        .group_by(s.c.alert_id, s.c.township_code, s.c.silent_at, county)
+        select(raw.c.alert_id, raw.c.township_code, raw.c.silent_at,
+               county.label("county_code"))
+        .select_from(raw.join(alerts, alerts.c.id == raw.c.alert_id)
+                     .outerjoin(town, town.c.code == raw.c.township_code))
+        .where(alerts.c.state.in_(_LIVE),
+               ~exists().where(done.c.alert_id == raw.c.alert_id, done.c.kind == "silent",
+                               done.c.created_at == raw.c.silent_at,
+                               done.c.township_code.is_not_distinct_from(raw.c.township_code)))
         .subquery("silent_groups")
     )
     channels = _table("channels", [{"channel": literal(c, String)} for c in rule.channels])
     assert channels is not None
     listed = deliveries.alias("listed")
+    # Two indexed terms, not coalesce(): a group of thousands is not read per officer.
     himself = exists().where(
         listed.c.alert_id == groups.c.alert_id, listed.c.silent_at == groups.c.silent_at,
-        func.coalesce(listed.c.on_behalf_of, listed.c.contact_id) == contacts.c.id)
+        or_(and_(listed.c.contact_id == contacts.c.id, listed.c.on_behalf_of.is_(None)),
+            listed.c.on_behalf_of == contacts.c.id))
     recipient = and_(contacts.c.role.in_(rule.roles), contacts.c.active.is_(True),
                      or_(contacts.c.region_code == groups.c.township_code,
                          contacts.c.region_code == groups.c.county_code))
@@ -398,6 +415,8 @@ async def alarm_silent(store: Store, policy: Policy, *, now: float | None = None
     return planned
 
 
+#: How far back an alarm looks for groups of silent people left unalarmed by a crash.
+CATCH_UP = 3600.0
 #: pg_advisory_xact_lock key of the silent alarm ("warngate silent").
 _ALARM_LOCK = 0x5761_726E_5369_6C
 

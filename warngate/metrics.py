@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from warngate.escalation import SILENT_COUNTS
 from warngate.store.schema import alerts, deliveries, rejected_inputs
 
 if TYPE_CHECKING:
@@ -82,6 +83,14 @@ async def render_metrics(gw: Gateway) -> str:
         out += ["# HELP warngate_adapter_events_total Provider calls, errors and webhooks "
                 "as each adapter counts them.", "# TYPE warngate_adapter_events_total counter",
                 *adapter_lines]
+    out += ["# HELP warngate_silent_people_total People whose escalation ran out unanswered "
+            "(or who had no one to call), since start.",
+            "# TYPE warngate_silent_people_total counter",
+            _line("warngate_silent_people_total", SILENT_COUNTS["people"]),
+            "# HELP warngate_silent_alarms_total Alarm messages to duty officers listing "
+            "silent people, since start.",
+            "# TYPE warngate_silent_alarms_total counter",
+            _line("warngate_silent_alarms_total", SILENT_COUNTS["alarms"])]
     out += ["# TYPE warngate_receipts_unknown_total counter",
             _line("warngate_receipts_unknown_total", gw.receipts.unknown)]
     return "\n".join(out) + "\n"
