@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from warngate.policy import Policy
+    from warngate.registry.kinds import RoleNames
     from warngate.settings import Settings
 
 log = logging.getLogger("warngate")
@@ -93,17 +94,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                 duration=args.duration))
 
 
+def _role_names(args: argparse.Namespace, settings: Settings | None) -> RoleNames:
+    """The roles rosters may use: the policy's (--policy, else the configuration's policy
+    file when there is a configuration), else the defaults."""
+    from warngate.policy import load_policy
+    from warngate.registry.kinds import RoleNames
+
+    path = getattr(args, "policy", None)
+    if path is None and settings is not None and getattr(args, "config", None):
+        path = settings.policy_file
+    return RoleNames(load_policy(path).declared_roles() if path else None)
+
+
 def cmd_registry(args: argparse.Namespace) -> int:
     import asyncio
 
     from warngate import registry
 
+    if args.action == "template":
+        from warngate.registry.template import write_template
+
+        for path in write_template(args.out):
+            print(f"wrote {path}")
+        return 0
     missing = [str(p) for p in args.files if not p.is_file()]
     if missing:
         print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
     if args.action == "check":
-        report = registry.check_files(args.files)
+        report = registry.check_files(args.files, roles=_role_names(args, None))
         print(report)
         return 0 if report.ok else 1
 
@@ -111,9 +130,11 @@ def cmd_registry(args: argparse.Namespace) -> int:
         from warngate.store import Store
 
         settings = _settings(args)
+        roles = _role_names(args, settings)
         store = await Store.open(settings.database.url)
         try:
-            summary = await registry.import_files(store.engine, args.files)
+            summary = await registry.import_files(store.engine, args.files, roles=roles,
+                                                  replace=args.replace)
         except registry.RegistryError as exc:
             print(registry.format_issues(exc.issues), file=sys.stderr)
             print("nothing was imported", file=sys.stderr)
@@ -182,9 +203,18 @@ def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
                          ("import", "validate and import, all or nothing")):
         rp = rsub.add_parser(action, help=text)
         rp.add_argument("files", type=Path, nargs="+", metavar="FILE")
+        rp.add_argument("--policy", type=Path,
+                        help="policy file whose declared roles the rosters may use "
+                             "(default: the configuration's, else the built-in roles)")
         if action == "import":
             rp.add_argument("--config", type=Path, help="YAML configuration (database URL)")
             rp.add_argument("--database", help="database URL (overrides the configuration)")
+            rp.add_argument("--replace", action="store_true",
+                            help="the files are the whole roster of their townships: "
+                                 "contacts of those townships left out become inactive")
+    tp = rsub.add_parser("template", help="write a blank roster workbook (.xlsx) with every "
+                                          "sheet and column, or CSV files into a directory")
+    tp.add_argument("out", type=Path, metavar="OUT", help="OUT.xlsx, or a directory")
     p.set_defaults(func=cmd_registry)
 
     p = sub.add_parser("cap", help="CAP tools")

@@ -90,7 +90,8 @@ def test_missing_columns_are_reported_once_per_file(tmp_path: Path) -> None:
     header = [f for f in found if f.startswith("contacts.csv")]
     assert header == [
         "contacts.csv:1: header: missing column(s) 'phone', 'role' (a contacts roster has "
-        "columns external_id,name,phone,role,region_code; optional: lang,vulnerable)"
+        "columns external_id,name,phone,role,region_code; optional: lang,vulnerable,"
+        "vulnerable_reason,address,supervisor,grid_worker)"
     ]
 
 
@@ -138,8 +139,11 @@ def test_unknown_role_and_role_in_the_wrong_place(tmp_path: Path) -> None:
     assert problems(tmp_path, paths) == [
         "contacts.csv:4: region_code: a township_duty belongs to a township, but "
         "'339901002001' is a village",
-        "contacts.csv:7: role: unknown role 'village_chief': use one of county_duty, "
-        "township_duty, village_head, grid_worker, household",
+        "contacts.csv:7: role: unknown role 'village_chief': use one of county_duty (县级值班), "
+        "township_duty (乡镇值班), village_head (村居负责人), grid_worker (网格员), household (户), "
+        "geo_monitor (群测群防员), reservoir_patroller (水库巡查员), weather_informant (气象信息员), "
+        "shelter_manager (避灾安置场所管理员), fishing_safety_officer (渔船安全员), "
+        "resident_cadre (驻村干部)",
     ]
 
 
@@ -292,18 +296,20 @@ def test_byte_order_mark_is_tolerated(tmp_path: Path) -> None:
     assert problems(tmp_path, paths) == []
 
 
-def test_gbk_file_gets_a_clear_error(tmp_path: Path) -> None:
+def test_gbk_file_is_read_like_utf8(tmp_path: Path) -> None:
+    """What Excel writes on Chinese Windows is read, not refused (issue 10, item 6)."""
     paths = county(tmp_path)
     (tmp_path / "households.csv").write_bytes(
         (GOOD / "households.csv").read_text(encoding="utf-8").encode("gbk"))
-    found = problems(tmp_path, paths)
-    [unreadable] = [f for f in found if f.startswith("households.csv")]
-    assert unreadable.startswith("households.csv:2: not UTF-8 text (byte 0xbb cannot be "
-                                 "decoded)")
-    assert "GBK/GB18030" in unreadable and "CSV UTF-8" in unreadable
-    # The unread households are then unknown to the bindings.
-    assert "bindings.csv:2: household_external_id: unknown contact 'hh-1' (not in these " \
-           "files)" in found
+    assert problems(tmp_path, paths) == []
+    assert check_files(paths).counts.contacts["household"] == 6
+
+
+def test_neither_utf8_nor_gb18030_gets_a_clear_error(tmp_path: Path) -> None:
+    paths = county(tmp_path)
+    (tmp_path / "households.csv").write_bytes(b"external_id,name,phone,region_code\n\x81\x20\n")
+    [unreadable] = [f for f in problems(tmp_path, paths) if f.startswith("households.csv")]
+    assert unreadable.startswith("households.csv:2: neither UTF-8 nor GBK/GB18030 text")
 
 
 def workbook(path: Path, sheets: dict[str, str]) -> Path:
@@ -415,7 +421,8 @@ def test_yaml_kind_and_rows_form_reads_values_as_text(tmp_path: Path) -> None:
     assert plan.contacts == [{
         "external_id": "0042", "name": "吕春国", "phone": "+8617000000002",
         "role": "township_duty", "region_code": "339901001", "township_code": "339901001",
-        "village_code": None, "grid_code": None, "vulnerable": True, "lang": "zh-CN"}]
+        "village_code": None, "grid_code": None, "vulnerable": True,
+        "vulnerable_reason": None, "address": None, "lang": "zh-CN", "active": True}]
 
 
 def test_yaml_problems_name_the_line_of_the_key(tmp_path: Path) -> None:

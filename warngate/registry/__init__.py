@@ -9,8 +9,14 @@ by sheet name the same way (one sheet per roster), or, in YAML, by a
 * regions: ``code,name,level,parent_code,lat,lon`` — level county | township | village |
   grid; a township lies in a county, a village in a township, a grid in a village, and each
   code extends its parent's (339901 → 339901001 → 339901001001 → 339901001001001).
-* contacts: ``external_id,name,phone,role,region_code,lang,vulnerable``.
-* households: contacts whose ``role`` may be left out (it is ``household``).
+* contacts: ``external_id,name,phone,role,region_code,lang,vulnerable,vulnerable_reason,
+  address,supervisor,grid_worker`` — ``role`` any role the policy declares, by id or
+  Chinese name (村居负责人, 网格员 ...).
+* households: contacts whose ``role`` may be left out (it is ``household``), and whose
+  phone may be left out when they are bound to a grid worker.
+
+Headers may be written in Chinese (姓名, 手机号码, 角色, 所属区域 ...: ``kinds.HEADER_NAMES``),
+CSV files in UTF-8 or GBK/GB18030, with a title row above the header.
 * speakers: ``id,name,region_code``.
 * supervisors: ``external_id,supervisor_external_id`` (who is called when someone does not
   answer).
@@ -27,6 +33,7 @@ from pathlib import Path
 
 from warngate.registry.importer import Summary, import_files
 from warngate.registry.issues import Issue, RegistryError, format_issues
+from warngate.registry.kinds import RoleNames
 from warngate.registry.reading import read_files
 from warngate.registry.validation import Counts, Existing, validate
 
@@ -38,6 +45,7 @@ class Report:
     files: tuple[str, ...]
     counts: Counts
     issues: tuple[Issue, ...]
+    warnings: tuple[Issue, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -46,17 +54,22 @@ class Report:
     def __str__(self) -> str:
         n = len(self.files)
         head = f"checked {n} file{'s' if n != 1 else ''}: {self.counts.describe()}"
+        if self.warnings:
+            head += "".join(f"\nwarning: {w}" for w in self.warnings)
         if self.ok:
             return f"{head}\nno problems found"
         m = len(self.issues)
         return f"{head}\n{m} problem{'s' if m != 1 else ''}:\n{format_issues(self.issues)}"
 
 
-def check_files(paths: Sequence[Path]) -> Report:
-    """Read and check rosters; every reference must resolve within ``paths``."""
+def check_files(paths: Sequence[Path], *, roles: RoleNames | None = None) -> Report:
+    """Read and check rosters; every reference must resolve within ``paths``.
+
+    ``roles``: the roles contacts may have (a policy's declared roles); defaults if None.
+    """
     rosters = read_files(paths)
-    plan = validate(rosters, Existing())
-    return Report(tuple(rosters.files), plan.counts, tuple(plan.issues))
+    plan = validate(rosters, Existing(), roles)
+    return Report(tuple(rosters.files), plan.counts, tuple(plan.issues), tuple(plan.warnings))
 
 
 __all__ = [
@@ -64,6 +77,7 @@ __all__ = [
     "Issue",
     "RegistryError",
     "Report",
+    "RoleNames",
     "Summary",
     "check_files",
     "format_issues",

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import String, Table, bindparam, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
-from warngate.registry.issues import RegistryError
+from warngate.phone import mask
+from warngate.registry.issues import Issue, RegistryError
+from warngate.registry.kinds import RoleNames
 from warngate.registry.reading import read_files
 from warngate.registry.validation import (
     Counts,
@@ -25,7 +40,7 @@ from warngate.registry.validation import (
     references,
     validate,
 )
-from warngate.store.schema import contacts, regions, speakers
+from warngate.store.schema import audit_log, contacts, regions, speakers
 
 #: Keys per ``IN (...)`` lookup: well under SQLite's and asyncpg's parameter limits.
 _CHUNK = 5000
@@ -33,20 +48,40 @@ _CHUNK = 5000
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """What an import wrote (new rows and updated ones alike)."""
+    """What an import wrote (new rows and updated ones alike), what it took off the roster
+    (``--replace``), and what a person should look at (a phone two people share)."""
 
     counts: Counts
+    warnings: tuple[Issue, ...] = ()
+    deactivated: int = 0
 
     def __str__(self) -> str:
-        return f"imported {self.counts.describe()}"
+        lines = [f"imported {self.counts.describe()}"]
+        if self.deactivated:
+            lines.append(f"{self.deactivated:,} contacts no longer on their township's "
+                         "roster: inactive, no longer warned")
+        if self.warnings:
+            n = len(self.warnings)
+            lines.append(f"{n} warning{'s' if n != 1 else ''} (imported all the same):")
+            lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
 
 
-async def import_files(engine: AsyncEngine, paths: Sequence[Path]) -> Summary:
+async def import_files(engine: AsyncEngine, paths: Sequence[Path], *,
+                       roles: RoleNames | None = None, replace: bool = False,
+                       actor: str = "registry") -> Summary:
     """Check ``paths`` against each other and the database, then write them, all or nothing.
 
     Rows are upserted by key (regions by code, contacts by external_id, speakers by id), so
     importing the same files again changes nothing. References may point into any of the
     files, in any order, or to rows already stored.
+
+    Args:
+        roles: the roles contacts may have (the policy's declared roles); defaults if None.
+        replace: the files are the whole roster of each township they hold contacts of
+            (and of each county, for county-level contacts): stored contacts of those
+            places that the files leave out become inactive and are no longer planned.
+        actor: who imports, for the audit log.
 
     Raises:
         RegistryError: any problem in any file; nothing was written.
@@ -56,11 +91,66 @@ async def import_files(engine: AsyncEngine, paths: Sequence[Path]) -> Summary:
     refs = references(rosters)
     async with engine.begin() as conn:
         existing = await load_existing(conn, refs)
-        plan = await asyncio.to_thread(validate, rosters, existing)
+        plan = await asyncio.to_thread(validate, rosters, existing, roles)
         if plan.issues:
             raise RegistryError(plan.issues)
+        warnings = plan.warnings + await _shared_with_stored(conn, plan)
         await write(conn, plan)
-    return Summary(plan.counts)
+        deactivated = await _deactivate_missing(conn, plan) if replace else 0
+        await conn.execute(insert(audit_log).values(
+            at=time.time(), actor=actor, action="registry_import", alert_id=None,
+            detail={"files": [str(p) for p in paths], "contacts": len(plan.contacts),
+                    "replace": replace, "deactivated": deactivated,
+                    "warnings": len(warnings)}))
+    return Summary(plan.counts, tuple(warnings), deactivated)
+
+
+def _not_among(conn: AsyncConnection, ids: list[str]) -> ColumnElement[bool]:
+    """``contacts.external_id`` is none of ``ids``, given as one typed parameter whatever
+    their number: ``<> ALL(array)`` on PostgreSQL, a JSON list read by ``json_each`` on
+    SQLite (no parameter limit either way)."""
+    if conn.dialect.name == "postgresql":
+        return contacts.c.external_id != func.all_(
+            bindparam("ids", ids, type_=postgresql.ARRAY(String)))
+    listed = func.json_each(bindparam("ids", json.dumps(ids), type_=String)
+                            ).table_valued("value")
+    return contacts.c.external_id.not_in(select(listed.c.value))
+
+
+async def _shared_with_stored(conn: AsyncConnection, plan: Plan) -> list[Issue]:
+    """Phones of the files already held by a stored, active contact the files leave as is."""
+    where = {c["phone"]: c["external_id"] for c in plan.contacts if c["phone"]}
+    if not where:
+        return []
+    mine = [c["external_id"] for c in plan.contacts]
+    found: list[Issue] = []
+    for chunk in _chunks(set(where)):
+        rows = await conn.execute(
+            select(contacts.c.phone, contacts.c.external_id, contacts.c.name)
+            .where(contacts.c.phone.in_(chunk), contacts.c.active.is_(True),
+                   _not_among(conn, mine))
+            .order_by(contacts.c.phone, contacts.c.external_id))
+        for r in rows:
+            found.append(Issue("(database)", None, "phone",
+                               f"{mask(r.phone)} of {where[r.phone]!r} is also the phone of "
+                               f"{r.external_id!r} ({r.name}), already registered"))
+    return found
+
+
+async def _deactivate_missing(conn: AsyncConnection, plan: Plan) -> int:
+    """Contacts of the townships (and, for county-level people, counties) the files hold
+    contacts of, which the files leave out: off the roster, never planned again."""
+    townships = sorted({c["township_code"] for c in plan.contacts if c["township_code"]})
+    counties = sorted({c["region_code"] for c in plan.contacts if not c["township_code"]})
+    if not (townships or counties):
+        return 0
+    place = or_(contacts.c.township_code.in_(townships),
+                and_(contacts.c.township_code.is_(None), contacts.c.region_code.in_(counties)))
+    res = await conn.execute(
+        update(contacts).where(place, contacts.c.active.is_(True),
+                               _not_among(conn, [c["external_id"] for c in plan.contacts]))
+        .values(active=False))
+    return max(res.rowcount, 0)
 
 
 def _chunks(keys: set[str] | frozenset[str]) -> Iterator[list[str]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from warngate.registry.issues import Issue
-from warngate.registry.kinds import KINDS, Kind, kind_from_name
+from warngate.registry.kinds import CONTACT_KINDS, KINDS, Kind, column_of, kind_from_name
 
 _NULL_TAG = "tag:yaml.org,2002:null"
 _KIND_NAMES = ", ".join(KINDS)
@@ -92,7 +92,25 @@ def read_files(paths: Sequence[Path]) -> Rosters:
             _read_csv(name, path.stem, text, rosters)
         else:
             _read_yaml(name, path.stem, text, rosters)
+    _split_links(rosters)
     return rosters
+
+
+def _split_links(rosters: Rosters) -> None:
+    """A contact row's ``supervisor`` and ``grid_worker`` become supervisors and bindings
+    rows, so that one table of people with their 上级 and 包保网格员 checks like three."""
+    for kind in CONTACT_KINDS:
+        for row in rosters.rows[kind]:
+            ext = row.get("external_id")
+            for column, target, key, other in (
+                    ("supervisor", "supervisors", "external_id", "supervisor_external_id"),
+                    ("grid_worker", "bindings", "household_external_id",
+                     "grid_worker_external_id")):
+                value = row.values.pop(column, "")
+                if value and ext and not row.broken:
+                    lines = {key: row.at("external_id"), other: row.at(column)}
+                    rosters.rows[target].append(
+                        Row(row.file, row.line, {key: ext, other: value}, lines))
 
 
 def _decode(name: str, data: bytes, rosters: Rosters) -> str | None:
@@ -100,17 +118,17 @@ def _decode(name: str, data: bytes, rosters: Rosters) -> str | None:
         # utf-8-sig drops the byte order mark Excel puts in front of "CSV UTF-8" files.
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        hint = ""
-        try:
-            data.decode("gb18030")
-            hint = ("; it looks like GBK/GB18030 (what Excel writes on Chinese Windows): "
-                    "save it as 'CSV UTF-8'")
-        except UnicodeDecodeError:
-            pass
-        rosters.problem(name, line, None,
-                        f"not UTF-8 text (byte 0x{data[exc.start]:02x} cannot be decoded){hint}")
-        return None
+        first_bad = exc.start
+    try:
+        # What Excel writes on Chinese Windows ("CSV (逗号分隔)"): GBK, a subset of GB18030.
+        return data.decode("gb18030")
+    except UnicodeDecodeError:
+        pass
+    line = data.count(b"\n", 0, first_bad) + 1
+    rosters.problem(name, line, None,
+                    f"neither UTF-8 nor GBK/GB18030 text (byte 0x{data[first_bad]:02x} "
+                    "cannot be decoded): save it as 'CSV UTF-8'")
+    return None
 
 
 def _read_csv(name: str, stem: str, text: str, rosters: Rosters) -> None:
@@ -179,9 +197,13 @@ def _read_table(name: str, kind: Kind, records: Iterable[tuple[int, list[str]]],
                 rosters: Rosters) -> None:
     """Header, then rows: what CSV files and sheets have in common."""
     header: list[str] | None = None
+    titles = 0
     for line, cells in records:
         if not any(c.strip() for c in cells):
             continue  # blank lines, and the ",,,," rows spreadsheets leave behind
+        if header is None and titles < 3 and _is_title(cells, kind):
+            titles += 1  # "夏溪县应急责任人名单" above the header: a heading, not a column
+            continue
         if header is None:
             header = _header(name, line, cells, kind, rosters)
             if header is None:
@@ -194,10 +216,19 @@ def _read_table(name: str, kind: Kind, records: Iterable[tuple[int, list[str]]],
                         f"{','.join(kind.required)}")
 
 
+def _is_title(cells: list[str], kind: Kind) -> bool:
+    """A title row: one value (a merged cell, or text in the first), naming no column."""
+    filled = [c for c in cells if c.strip()]
+    return len(filled) == 1 and column_of(kind, filled[0]) not in kind.columns
+
+
 def _header(name: str, line: int, cells: list[str], kind: Kind, rosters: Rosters
             ) -> list[str] | None:
-    """Column names, or None when rows cannot be read (required columns are missing)."""
-    header = [c.strip().lower() for c in cells]
+    """Column names, or None when rows cannot be read (required columns are missing).
+
+    Headers may be the English column names or the Chinese ones (``kinds.HEADER_NAMES``).
+    """
+    header = [column_of(kind, c) if c.strip() else "" for c in cells]
     while header and not header[-1]:
         header.pop()  # trailing empty cells: spreadsheet residue, not columns
     problems = []
@@ -344,7 +375,7 @@ def _yaml_row(name: str, item: yaml.Node, kind: Kind, reported: set[str], roster
     lines: dict[str, int] = {}
     row = Row(name, _line(item), {}, lines)
     for key_node, value_node in item.value:
-        key = (_scalar(key_node) or "").lower()
+        key = column_of(kind, _scalar(key_node) or "")
         if key not in kind.columns:
             if key not in reported:
                 reported.add(key)

@@ -14,9 +14,16 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
-from warngate.phone import PhoneError
+from warngate.phone import PhoneError, mask
 from warngate.registry.issues import Issue
-from warngate.registry.kinds import CONTACT_KINDS, LEVELS, ROLE_LEVELS, ROLES, SPEAKER_LEVELS
+from warngate.registry.kinds import (
+    CONTACT_KINDS,
+    LEVEL_NAMES,
+    LEVELS,
+    ROLES,
+    SPEAKER_LEVELS,
+    RoleNames,
+)
 from warngate.registry.phones import normalise_phone
 from warngate.registry.reading import Rosters, Row
 
@@ -109,8 +116,11 @@ class Counts:
     def describe(self) -> str:
         regions = ", ".join(f"{self.regions[lv]:,} {_PLURAL[lv] if self.regions[lv] != 1 else lv}"
                             for lv in LEVELS if self.regions[lv])
-        roles = ", ".join(f"{self.contacts[r]:,} {r}" for r in ROLES
-                          if self.contacts[r])
+        # The default roles in their order, then the others a policy declares, by name.
+        order = {r: i for i, r in enumerate(ROLES)}
+        named = sorted((r for r in self.contacts if r != "?" and self.contacts[r]),
+                       key=lambda r: (order.get(r, len(order)), r))
+        roles = ", ".join(f"{self.contacts[r]:,} {r}" for r in named)
         parts = [
             f"{self.regions.total():,} regions" + (f" ({regions})" if regions else ""),
             f"{self.contacts.total():,} contacts" + (f" ({roles})" if roles else ""),
@@ -127,6 +137,8 @@ class Plan:
 
     issues: list[Issue]
     counts: Counts
+    #: Accepted, but a person should look (a phone number two people share).
+    warnings: list[Issue] = field(default_factory=list)
     regions: list[dict[str, Any]] = field(default_factory=list)
     contacts: list[dict[str, Any]] = field(default_factory=list)
     speakers: list[dict[str, Any]] = field(default_factory=list)
@@ -135,9 +147,12 @@ class Plan:
     bindings: list[dict[str, str]] = field(default_factory=list)
 
 
-def validate(rosters: Rosters, existing: Existing) -> Plan:
-    """Check every row against the others and ``existing``; never raises on bad input."""
-    return _Check(rosters, existing).run()
+def validate(rosters: Rosters, existing: Existing, roles: RoleNames | None = None) -> Plan:
+    """Check every row against the others and ``existing``; never raises on bad input.
+
+    ``roles``: the roles contacts may have (a policy's declared roles); the defaults if None.
+    """
+    return _Check(rosters, existing, roles or RoleNames()).run()
 
 
 def _contact_rows(rosters: Rosters) -> Iterator[Row]:
@@ -153,8 +168,11 @@ class _Region:
 
 
 class _Check:
-    def __init__(self, rosters: Rosters, existing: Existing) -> None:
+    def __init__(self, rosters: Rosters, existing: Existing, roles: RoleNames) -> None:
         self.rosters = rosters
+        self.role_names = roles
+        #: Households without a phone, accepted only once bound to a grid worker.
+        self.phoneless: dict[str, Row] = {}
         self.x = existing
         self.where = "these files or the database" if existing.in_database else "these files"
         self.plan = Plan(issues=list(rosters.issues), counts=Counts())
@@ -168,8 +186,11 @@ class _Check:
         self.check_speakers()
         self.check_supervisors()
         self.check_bindings()
+        self.check_phoneless()
+        self.check_shared_phones()
         order = {f: i for i, f in enumerate(self.rosters.files)}
-        self.plan.issues.sort(key=lambda i: (order.get(i.file, len(order)), i.row or 0))
+        for found in (self.plan.issues, self.plan.warnings):
+            found.sort(key=lambda i: (order.get(i.file, len(order)), i.row or 0))
         return self.plan
 
     # -- helpers ---------------------------------------------------------------------------
@@ -298,7 +319,8 @@ class _Check:
     def read_region(self, code: str, row: Row) -> _Region:
         self.text(row, "code", max_len=32, token=True)
         name = self.text(row, "name", max_len=200)
-        level: str | None = row.get("level").lower()
+        written = row.get("level")
+        level: str | None = LEVEL_NAMES.get(written, written.lower())
         if not level:
             self.problem(row, "level", "missing value")
             level = None
@@ -343,37 +365,83 @@ class _Check:
         rows = self.keyed(_contact_rows(self.rosters), "external_id", "contact external_id")
         counts = self.plan.counts.contacts
         for ext, row in rows.items():
-            role = row.get("role").lower()
-            self.roles[ext] = role if role in ROLES and not row.broken else None
-            counts[role if role in ROLES else "?"] += 1
+            written = row.get("role")
+            role = self.role_names.id_of(written) if written else None
+            self.roles[ext] = role if role and not row.broken else None
+            counts[role or "?"] += 1
             if row.broken:
                 continue
             self.text(row, "external_id", max_len=64)
             name = self.text(row, "name", max_len=200)
             phone = None
             if not row.get("phone"):
-                self.problem(row, "phone", "missing value")
+                if role == "household":
+                    self.phoneless[ext] = row  # fine once bound (check_phoneless)
+                else:
+                    self.problem(row, "phone", "missing value")
             else:
                 try:
                     phone = normalise_phone(row.get("phone"))
                 except PhoneError as exc:
                     self.problem(row, "phone", str(exc))
             place = None
-            if not role:
+            if not written:
                 self.problem(row, "role", "missing value")
-            elif role not in ROLES:
-                self.problem(row, "role", f"unknown role {row.get('role')!r}: use one of "
-                                          f"{', '.join(ROLES)}")
+            elif role is None:
+                self.problem(row, "role", f"unknown role {written!r}: use one of "
+                                          f"{self.role_names.describe()}")
             else:
-                place = self.placed(row, ROLE_LEVELS[role], f"a {role}")
+                place = self.placed(row, self.role_names.levels(role), f"a {role}")
             lang = row.get("lang") or "zh-CN"
             if not _LANG.fullmatch(lang) or len(lang) > 16:
                 self.problem(row, "lang", f"{lang!r} is not a language tag such as zh-CN")
             vulnerable = self.flag(row, "vulnerable")
+            reason = self.optional_text(row, "vulnerable_reason", max_len=500)
+            address = self.optional_text(row, "address", max_len=500)
             if place is not None:
+                # Everyone on the roster is active: a person put back is planned again.
                 self.plan.contacts.append(
                     {"external_id": ext, "name": name, "phone": phone, "role": role,
-                     **place, "vulnerable": vulnerable, "lang": lang})
+                     **place, "vulnerable": vulnerable, "vulnerable_reason": reason,
+                     "address": address, "lang": lang, "active": True})
+
+    def optional_text(self, row: Row, column: str, *, max_len: int) -> str | None:
+        value = row.get(column)
+        if not value:
+            return None
+        if len(value) > max_len:
+            self.problem(row, column, f"too long ({len(value)} characters; at most {max_len})")
+            return None
+        return value
+
+    def check_phoneless(self) -> None:
+        """A household without a phone is reached through its bound grid worker; without
+        one nobody would ever reach it."""
+        bound = {b["b_ext"] for b in self.plan.bindings}
+        for ext, row in self.phoneless.items():
+            if ext not in bound:
+                self.problem(row, "phone",
+                             "missing value: a household without a phone must be bound to "
+                             "its grid worker (包保网格员: a grid_worker column or a "
+                             "bindings row), who reaches it in person")
+
+    def check_shared_phones(self) -> None:
+        """Two people with one number: accepted (a couple, a village office), but shown,
+        since an answer from that number settles both."""
+        first: dict[str, str] = {}
+        rows = {r.get("external_id"): r for r in _contact_rows(self.rosters)}
+        for contact in self.plan.contacts:
+            phone, ext = contact["phone"], contact["external_id"]
+            if phone is None:
+                continue
+            if phone in first:
+                was = rows[first[phone]]
+                self.plan.warnings.append(Issue(
+                    rows[ext].file, rows[ext].at("phone"), "phone",
+                    f"{mask(phone)} is also the phone of {first[phone]!r} "
+                    f"({was.file}:{was.at('phone')})"))
+            else:
+                first[phone] = ext
 
     def flag(self, row: Row, column: str) -> bool:
         value = row.get(column).lower()
