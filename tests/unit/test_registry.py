@@ -139,9 +139,10 @@ def test_unknown_role_and_role_in_the_wrong_place(tmp_path: Path) -> None:
     assert problems(tmp_path, paths) == [
         "contacts.csv:4: region_code: a township_duty belongs to a township, but "
         "'339901002001' is a village",
-        "contacts.csv:7: role: unknown role 'village_chief': use one of county_duty (县级值班), "
-        "township_duty (乡镇值班), village_head (村居负责人), grid_worker (网格员), household (户), "
-        "geo_monitor (群测群防员), reservoir_patroller (水库巡查员), weather_informant (气象信息员), "
+        "contacts.csv:7: role: unknown role 'village_chief': use one of "
+        "county_duty (县级值班), township_duty (乡镇值班), village_head (村居负责人), "
+        "grid_worker (网格员), household (户), geo_monitor (群测群防员), "
+        "reservoir_patroller (水库巡查员), weather_informant (气象信息员), "
         "shelter_manager (避灾安置场所管理员), fishing_safety_officer (渔船安全员), "
         "resident_cadre (驻村干部)",
     ]
