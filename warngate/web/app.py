@@ -9,12 +9,13 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from warngate import alertviews, board
+from warngate import report as accountability
 from warngate.access import Action, may, require
 from warngate.acklinks import AckLinks
 from warngate.adapter import Adapter
@@ -508,6 +509,56 @@ async def record_acknowledgement(request: web.Request) -> web.Response:
     return ok(done, status=201)
 
 
+async def accountability_report(request: web.Request) -> web.Response:
+    """``GET /api/v1/alerts/{id}/report``: the accountability report (通报) as JSON, with the
+    first page of the people who did not answer themselves in time (``limit``, ``after``);
+    ``?format=csv|xlsx``: the whole report as a file. A township token sees its township."""
+    row = await _visible_alert(request)
+    actor = _actor(request)
+    township = request.query.get("township") or None
+    refused: AlertError | None = None
+    if actor.township and township and not may(actor, Action.VIEW, areas=[township]):
+        refused = AlertError(403, "outside_township",
+                             f"this token sees township {actor.township} only")
+    township = township or actor.township
+    fmt = request.query.get("format") or None
+    limit = _query_int(request, "limit", 200, lo=1, hi=5000)
+    after = None
+    try:
+        if fmt is not None and fmt not in accountability.FORMATS:
+            raise accountability.ReportError(f"format 须为 {'/'.join(accountability.FORMATS)} 之一")
+        if "after" in request.query:
+            after = accountability.parse_cursor(request.query["after"])
+    except accountability.ReportError as exc:
+        refused = refused or AlertError(400, "bad_query", str(exc))
+    if refused is not None:
+        # A GET changes nothing, but its refusal is kept like any other.
+        await _reject(request, refused.message, None)
+        raise refused
+    gw = request.app[GATEWAY]
+    made = await accountability.build_report(gw.store, gw.policy, alert_id=row.id,
+                                             township=township)
+    if fmt is not None:
+        data = await accountability.export(gw.store, gw.policy, made, fmt)
+        name = accountability.file_name(made, fmt)
+        kind = ("text/csv; charset=utf-8" if fmt == "csv" else
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+        return web.Response(body=data, headers={
+            "Content-Type": kind,
+            "Content-Disposition": f"attachment; filename=\"report.{fmt}\"; "
+                                   f"filename*=UTF-8''{quote(name)}"})
+    people = await accountability.late_people(gw.store, gw.policy, [row.id],
+                                              township=township, limit=limit + 1, after=after)
+    more = len(people) > limit
+    people = people[:limit]
+    next_after = (accountability.format_cursor(accountability.people_cursor(people[-1]))
+                  if more else None)
+    return ok({**made.as_json(), "late_people": people, "limit": limit,
+               "next_after": next_after,
+               "next": None if next_after is None
+               else _page_url(request, after=next_after, limit=limit)})
+
+
 # -- CAP ------------------------------------------------------------------------------------
 
 def _nul_field(new: NewAlert) -> str | None:
@@ -663,6 +714,7 @@ def build_app(settings: Settings, policy: Policy,
     app.router.add_post("/api/v1/alerts/{alert_id}/approve", approve)
     app.router.add_post("/api/v1/alerts/{alert_id}/cancel", cancel)
     app.router.add_get("/api/v1/alerts/{alert_id}/receipts", receipts)
+    app.router.add_get("/api/v1/alerts/{alert_id}/report", accountability_report)
     app.router.add_post("/api/v1/alerts/{alert_id}/acknowledgements",
                         record_acknowledgement)
     app.router.add_post("/api/v1/cap", cap_push)
