@@ -13,12 +13,14 @@ import csv
 import io
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from openpyxl import load_workbook
 from sqlalchemy import insert, select, update
 
-from tests.integration.test_ack_link import Site, site  # noqa: F401 (fixture)
+from tests.integration.test_ack_link import Site, open_site
 from tests.integration.test_pipeline import policy as pipeline_policy
 from tests.smallcounty import write_small_county
 from warngate.alerts import AlertService, NewAlert
@@ -271,7 +273,15 @@ async def test_a_period_report_takes_the_alerts_created_in_it(store: Store) -> N
     assert empty.alerts == [] and _people_counts(empty.rows[0]) == (0, 0, 0, 0, 0)
 
 
-async def test_the_api_scopes_a_township_token_and_serves_files(site: Site) -> None:
+@pytest.fixture
+async def served(store: Store) -> AsyncIterator[Site]:
+    """The whole service over the small county."""
+    async with open_site(store) as s:
+        yield s
+
+
+async def test_the_api_scopes_a_township_token_and_serves_files(served: Site) -> None:
+    site = served
     alert_id = await site.warn()
     url = f"/api/v1/alerts/{alert_id}/report"
     town = {"Authorization": "Bearer tok-town1"}
