@@ -13,11 +13,11 @@ from typing import Any
 from sqlalchemy import insert, select, update
 
 from tests.smallcounty import COUNTY, write_small_county
-from warngate.alerts import AlertService, NewAlert
+from warngate.alerts import Actor, AlertService, ComposeRequest, NewAlert
 from warngate.planning import Planner, resolve_targets
 from warngate.policy import Policy, load_policy
 from warngate.store import Store
-from warngate.store.schema import contacts, deliveries
+from warngate.store.schema import alerts, contacts, deliveries
 
 ROOT = Path(__file__).resolve().parents[2]
 T1, T2 = f"{COUNTY}001", f"{COUNTY}002"
@@ -165,3 +165,25 @@ async def test_community_drill_reaches_households_and_an_ordinary_drill_does_not
     bare = await planned(store, Policy.model_validate(data), [V1], status="Test",
                          community=True)
     assert {r.role for r in bare} == {"township_duty"}
+
+
+async def test_a_composed_drill_may_be_community_wide(store: Store) -> None:
+    await write_small_county(store)
+    pol = production()
+    service = AlertService(store, pol, four_eyes=False)
+    admin = Actor("admin", "admin")
+    drill = await service.compose(admin, ComposeRequest(
+        level="yellow", event="防汛演练", headline="全民防汛演练", areas=[V1],
+        status="Exercise", community_drill=True))
+    # The estimate answered to the composer counts the households already.
+    assert drill.recipients["sms"] == len(
+        await planned(store, pol, [V1], level="yellow", status="Exercise", community=True))
+    actual = await service.compose(admin, ComposeRequest(
+        level="yellow", event="暴雨", headline="暴雨黄色预警", areas=[V1],
+        community_drill=True))
+    async with store.read() as conn:
+        flags = dict((await conn.execute(
+            select(alerts.c.id, alerts.c.community_drill)
+            .where(alerts.c.id.in_([drill.alert_id, actual.alert_id])))).all())
+    # An Actual warning is no drill, whatever the form says.
+    assert flags == {drill.alert_id: True, actual.alert_id: False}
