@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from warngate.policy import Policy
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("warngate")
 
 #: Commands built in; any other name is looked for among the plugins' commands.
-BUILT_IN = ("serve", "demo", "registry", "cap", "db")
+BUILT_IN = ("serve", "demo", "registry", "cap", "db", "report")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -178,6 +178,58 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The accountability report (通报) of one alert or a period, written as CSV or XLSX."""
+    import asyncio
+
+    from warngate import report
+    from warngate.policy import load_policy
+
+    fmt = args.format or args.out.suffix.lstrip(".").lower()
+    if fmt not in report.FORMATS:
+        print("error: --format csv|xlsx (or an --out file ending .csv or .xlsx)",
+              file=sys.stderr)
+        return 2
+    if (args.alert is None) == (args.since is None or args.until is None):
+        print("error: give --alert ID, or --from and --to", file=sys.stderr)
+        return 2
+    try:
+        since = None if args.since is None else report.parse_day(args.since)
+        until = None if args.until is None else report.parse_day(args.until)
+    except report.ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    settings = _settings(args)
+    policy = load_policy(args.policy or settings.policy_file)
+
+    async def _write(out: Any) -> tuple[Any, int]:
+        from warngate.store import Store
+
+        store = await Store.open(settings.database.url)
+        try:
+            made = await report.build_report(store, policy, alert_id=args.alert, since=since,
+                                             until=until, township=args.township)
+            if args.alert is not None and not made.alerts:
+                return made, -1
+            if fmt == "csv":
+                return made, await report.write_csv(store, policy, made, out)
+            return made, await report.write_xlsx(store, policy, made, out)
+        finally:
+            await store.close()
+
+    # Opened here, not in the event loop: the people list streams into it.
+    with (args.out.open("w", encoding="utf-8-sig", newline="") if fmt == "csv"
+          else args.out.open("wb")) as out:
+        made, listed = asyncio.run(_write(out))
+    if listed < 0:
+        args.out.unlink(missing_ok=True)
+        print(f"error: no alert {args.alert}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: {made.title}; {len(made.alerts)} alert(s), "
+          f"{len(made.rows)} rows, {listed} people not answering in time")
+    return 0
+
+
 def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     """The command line; ``plugins=False`` leaves out the commands of adapter packages."""
     parser = argparse.ArgumentParser(
@@ -229,6 +281,19 @@ def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     dp.add_argument("--config", type=Path, help="YAML configuration (database URL)")
     dp.add_argument("--database", help="database URL")
     p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("report", help="the accountability report (通报) as CSV or XLSX")
+    p.add_argument("--alert", type=int, help="one alert's report")
+    p.add_argument("--from", dest="since", metavar="DAY",
+                   help="a period's report from this day (2026-12-01, China time) ...")
+    p.add_argument("--to", dest="until", metavar="DAY", help="... until this day (excluded)")
+    p.add_argument("--township", help="one township's villages only (its code)")
+    p.add_argument("--format", choices=["csv", "xlsx"], help="default: from --out")
+    p.add_argument("--out", type=Path, required=True, help="the file to write")
+    p.add_argument("--config", type=Path, help="YAML configuration (database, policy)")
+    p.add_argument("--database", help="database URL (overrides the configuration)")
+    p.add_argument("--policy", type=Path, help="policy file (deadlines, role names)")
+    p.set_defaults(func=cmd_report)
 
     if plugins:
         _add_plugin_commands(sub)

@@ -208,7 +208,9 @@ deliveries = Table(
         sqlite_where=text("escalate_at IS NOT NULL"),
         postgresql_where=text("escalate_at IS NOT NULL"),
     ),
-    Index("ix_deliveries_alert_township", "alert_id", "township_code"),
+    # With the village: the accountability report groups an alert's rows by township and
+    # village in index order, without sorting them (migration 0011).
+    Index("ix_deliveries_alert_township", "alert_id", "township_code", "village_code"),
     Index(
         "ix_deliveries_silent",
         "alert_id",
