@@ -331,7 +331,11 @@ def _next_steps(d: FromClause, steps: FromClause, now: float, *, shared: bool) -
             .outerjoin(steps, and_(steps.c.level == d.c.level, steps.c.role == person_role,
                                    steps.c.n == d.c.step))
             .outerjoin(supervisor, supervisor.c.id == person.c.supervisor_id)
-            .outerjoin(colleague, and_(to_duty, duty.colleague_of(colleague, person, now))))
+            # The township first: the index (role, township_code) finds a person's few
+            # colleagues, where role alone would find every duty officer, once per row.
+            .outerjoin(colleague, and_(
+                to_duty, colleague.c.township_code.is_not_distinct_from(person.c.township_code),
+                duty.colleague_of(colleague, person, now))))
         .where(d.c.alert_state.in_(_LIVE))
     )
     return rows.cte("next_steps") if shared else rows.subquery("next_steps")
