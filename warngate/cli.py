@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("warngate")
 
 #: Commands built in; any other name is looked for among the plugins' commands.
-BUILT_IN = ("serve", "demo", "registry", "cap", "db", "report")
+BUILT_IN = ("serve", "demo", "registry", "cap", "db", "report", "duty")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -230,6 +230,56 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_duty(args: argparse.Namespace) -> int:
+    """24-hour duty rosters: add or import shifts, who is on duty now, a handover."""
+    import asyncio
+
+    from warngate import duty
+
+    async def _run() -> int:
+        from warngate.store import Store
+
+        store = await Store.open(_settings(args).database.url)
+        try:
+            if args.action == "add":
+                n = await duty.add_shifts(store, [duty.Shift(
+                    region_code=args.region, external_id=args.contact,
+                    starts_at=duty.parse_time(args.since),
+                    ends_at=duty.parse_time(args.until))], actor=args.by)
+                print(f"已登记 {n} 个班次 (shifts recorded: {n})")
+            elif args.action == "import":
+                n = await duty.add_shifts(store, duty.read_csv(args.file.read_bytes()),
+                                          actor=args.by)
+                print(f"{args.file}: 已导入 {n} 个班次 (shifts imported: {n})")
+            elif args.action == "now":
+                async with store.read() as conn:
+                    shifts = await duty.on_duty(conn, region=args.region)
+                if not shifts:
+                    print("当前无人值班 (nobody is on duty now)")
+                for r in shifts:
+                    print(f"{r['region_code']} {r['region'] or ''}  {r['name']} "
+                          f"({r['external_id']}, {r['phone'] or '-'})  "
+                          f"{r['starts']} → {r['ends']}"
+                          + (f"  交接: {r['handed_over_by']}: {r['handover_note'] or ''}"
+                             if r["handed_over_by"] else ""))
+            else:
+                shift_id = await duty.handover(store, region=args.region, to=args.to,
+                                               note=args.note, by=args.by)
+                print(f"已交接: {args.region} 由 {args.to} 值班 (handover recorded, "
+                      f"shift {shift_id})")
+        except duty.DutyError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await store.close()
+        return 0
+
+    if args.action == "import" and not args.file.is_file():
+        print(f"error: no such file: {args.file}", file=sys.stderr)
+        return 2
+    return asyncio.run(_run())
+
+
 def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     """The command line; ``plugins=False`` leaves out the commands of adapter packages."""
     parser = argparse.ArgumentParser(
@@ -294,6 +344,33 @@ def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--database", help="database URL (overrides the configuration)")
     p.add_argument("--policy", type=Path, help="policy file (deadlines, role names)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("duty", help="24-hour duty rosters (值班): shifts, who is on duty, "
+                                    "handovers")
+    dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    da = dsub.add_parser("add", help="one shift")
+    da.add_argument("--region", required=True, help="township or county code")
+    da.add_argument("--contact", required=True, metavar="EXTERNAL_ID",
+                    help="the duty officer's external id in the roster")
+    da.add_argument("--from", dest="since", required=True, metavar="ISO",
+                    help="start, ISO 8601 (China time without an offset)")
+    da.add_argument("--to", dest="until", required=True, metavar="ISO", help="end, ISO 8601")
+    di = dsub.add_parser("import", help="shifts from a CSV file (区域编码/region_code, "
+                                        "值班人/external_id, 开始/starts_at, 结束/ends_at)")
+    di.add_argument("file", type=Path, metavar="FILE.csv")
+    dn = dsub.add_parser("now", help="who is on duty now")
+    dn.add_argument("--region", help="a township, or a county and its townships")
+    dh = dsub.add_parser("handover", help="hand the region's duty over now")
+    dh.add_argument("--region", required=True, help="township or county code")
+    dh.add_argument("--to", required=True, metavar="EXTERNAL_ID", help="who takes over")
+    dh.add_argument("--note", default="", help="what the outgoing officer hands over")
+    for dp_ in (da, di, dn, dh):
+        if dp_ is not dn:
+            dp_.add_argument("--by", required=dp_ is dh, default="cli",
+                             help="who records it (the outgoing officer, for a handover)")
+        dp_.add_argument("--config", type=Path, help="YAML configuration (database URL)")
+        dp_.add_argument("--database", help="database URL (overrides the configuration)")
+    p.set_defaults(func=cmd_duty)
 
     if plugins:
         _add_plugin_commands(sub)

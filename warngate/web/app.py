@@ -642,6 +642,25 @@ async def healthz(request: web.Request) -> web.Response:
                "feeds": feeds}, status=status)
 
 
+async def duty_now(request: web.Request) -> web.Response:
+    """``GET /api/v1/duty?region=``: the shifts running now (of a region and those inside
+    it); a township's token sees its own township only."""
+    from warngate import duty
+
+    actor = _actor(request)
+    require(actor, Action.VIEW)
+    region = request.query.get("region") or actor.township or None
+    if region is not None and not (region.isdigit() and len(region) <= 32):
+        raise AlertError(400, "bad_query", "region must be a region code (digits)",
+                         {"parameter": "region", "value": region[:64]})
+    if actor.township and region is not None and not region.startswith(actor.township):
+        raise AlertError(403, "outside_township",
+                         f"region outside township {actor.township}", region)
+    async with request.app[GATEWAY].store.read() as conn:
+        shifts = await duty.on_duty(conn, region=region)
+    return ok({"region": region, "shifts": shifts})
+
+
 async def metrics(request: web.Request) -> web.Response:
     require(_actor(request), Action.METRICS)
     return web.Response(text=await render_metrics(request.app[GATEWAY]),
@@ -725,6 +744,7 @@ def build_app(settings: Settings, policy: Policy,
     field_pages.setup(app, gateway=GATEWAY, actor=ACTOR)  # follow-ups, field reports
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/duty", duty_now)
     app.router.add_get("/", index)
     app.router.add_static("/static/", _STATIC)
     for adapter in adapters:
