@@ -9,11 +9,13 @@ township token its own township only, and a drill's report is marked 演练.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,9 +26,10 @@ from tests.integration.test_ack_link import Site, open_site
 from tests.integration.test_pipeline import policy as pipeline_policy
 from tests.smallcounty import write_small_county
 from warngate.alerts import AlertService, NewAlert
+from warngate.cli import main
 from warngate.delivery import new_row
 from warngate.planning import Planner
-from warngate.policy import Policy
+from warngate.policy import Policy, load_policy
 from warngate.receipts import ReceiptWriter, record_for
 from warngate.report import ReportRow, build_report, export, late_people
 from warngate.store import Store
@@ -327,3 +330,40 @@ async def test_the_api_scopes_a_township_token_and_serves_files(served: Site) ->
     book = load_workbook(io.BytesIO(await resp.read()), read_only=True)
     assert "未按时叫应人员" in book.sheetnames
     book.close()
+
+
+def test_the_cli_writes_the_report_of_an_alert_and_of_a_period(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+    policy_file = Path(__file__).resolve().parents[2] / "config" / "policy.yaml"
+
+    async def warned() -> int:
+        store = await Store.open(url)
+        try:
+            await write_small_county(store)
+            return await _warn(store, load_policy(policy_file))
+        finally:
+            await store.close()
+
+    alert_id = asyncio.run(warned())
+    common = ["--database", url, "--policy", str(policy_file)]
+    out = tmp_path / "通报.xlsx"
+    assert main(["report", "--alert", str(alert_id), *common, "--out", str(out)]) == 0
+    book = load_workbook(out, read_only=True)
+    rows = list(book["通报"].iter_rows(values_only=True))
+    assert rows[2][0] == "全县" and rows[2][rows[1].index("责任人数")] > 0
+    book.close()
+    out = tmp_path / "t2.csv"
+    assert main(["report", "--alert", str(alert_id), "--township", T2, *common,
+                 "--format", "csv", "--out", str(out)]) == 0
+    lines = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8-sig"))))
+    assert {line[1] for line in lines[3:] if line and line[0] == "乡镇"} == {"第2镇"}
+    today = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 8 * 3600))
+    out = tmp_path / "day.csv"
+    assert main(["report", "--from", today, "--to", "2099-01-01", *common,
+                 "--out", str(out)]) == 0
+    assert out.read_text(encoding="utf-8-sig").count("暴雨红色预警") == 1
+    # No such alert: exit 1 and no file; a wrong day: exit 2.
+    assert main(["report", "--alert", "999", *common, "--out", str(tmp_path / "x.csv")]) == 1
+    assert not (tmp_path / "x.csv").exists()
+    assert main(["report", "--from", "2026-13-01", "--to", "2026-12-02", *common,
+                 "--out", str(tmp_path / "x.csv")]) == 2
