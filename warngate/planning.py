@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    String,
     and_,
     func,
     literal,
@@ -155,7 +156,11 @@ def _level_roles(policy: Policy, level: str, status: str, event: str = "",
 
 #: Who can be sent anything: on the roster, and with a phone (a household without one is
 #: reached through its bound grid worker, never by a message to nobody).
-_REACHABLE = and_(contacts.c.active.is_(True), contacts.c.phone.is_not(None))
+#: The phone is tested through coalesce() so that no planner takes ix_contacts_phone for
+#: "phone IS NOT NULL" (SQLite did, scanning every contact for each chunk of villages:
+#: planning a million households went from 260k to 40k a second).
+_REACHABLE = and_(contacts.c.active.is_(True),
+                  func.coalesce(contacts.c.phone, literal("", String)) != literal("", String))
 
 
 async def estimate_recipients(
@@ -167,12 +172,18 @@ async def estimate_recipients(
     if targets.empty:
         return counts
     for role, rp in _level_roles(policy, level, status, event, community).items():
-        where = targets.covers(contacts) if role == "household" else targets.reaches(rp.reach)
+        if role == "household":
+            # Counted from the (role, village) index alone: checking each household's
+            # phone and roster flag made accepting a 1M-household warning take a second
+            # instead of 60 ms. Households off the roster or without a phone are counted.
+            where: ColumnElement[bool] = targets.covers(contacts)
+        else:
+            where = and_(_REACHABLE, targets.reaches(rp.reach))
         n = (
             await conn.execute(
                 select(func.count())
                 .select_from(contacts)
-                .where(contacts.c.role == role, _REACHABLE, where)
+                .where(contacts.c.role == role, where)
             )
         ).scalar_one()
         for channel in rp.channels:
