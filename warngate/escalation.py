@@ -344,8 +344,9 @@ def _next_steps(d: FromClause, steps: FromClause, now: float, *, shared: bool) -
 async def alarm_silent(store: Store, policy: Policy, *, now: float | None = None) -> int:
     """The duty officers' alarm: for every live alert, township and sweep that silenced
     people (``silent_at``) and has no alarm yet, one message per recipient and channel of
-    ``policy.silent`` — the roles registered at that township or at its county, except the
-    silent people themselves. Returns the messages planned.
+    ``policy.silent`` — the roles registered at that township or at its county (an officer
+    who is among the silent is told too: whoever holds their phone now should know).
+    Returns the messages planned.
 
     The alarm rows carry the sweep's ``silent_at`` as their ``created_at`` and the
     township's code: the renderer lists the people by them, and the next sweep knows that
@@ -366,7 +367,8 @@ async def alarm_silent(store: Store, policy: Policy, *, now: float | None = None
     raw = (select(s.c.alert_id, s.c.township_code, s.c.silent_at)
            .where(s.c.silent_at.is_not(None), s.c.silent_at > now - CATCH_UP,
                   s.c.silent_at <= now)
-           .group_by(s.c.alert_id, s.c.township_code, s.c.silent_at).subquery("raw"))
+           # In the partial index's order, so it is read instead of every delivery.
+           .group_by(s.c.alert_id, s.c.silent_at, s.c.township_code).subquery("raw"))
     listed_at_county = deliveries.alias("at_county")
     # People without a township (a county's own duty officer): their county's officers.
     county = case((raw.c.township_code.is_not(None), town.c.parent_code), else_=(
@@ -390,12 +392,6 @@ async def alarm_silent(store: Store, policy: Policy, *, now: float | None = None
     )
     channels = _table("channels", [{"channel": literal(c, String)} for c in rule.channels])
     assert channels is not None
-    listed = deliveries.alias("listed")
-    # Two indexed terms, not coalesce(): a group of thousands is not read per officer.
-    himself = exists().where(
-        listed.c.alert_id == groups.c.alert_id, listed.c.silent_at == groups.c.silent_at,
-        or_(and_(listed.c.contact_id == contacts.c.id, listed.c.on_behalf_of.is_(None)),
-            listed.c.on_behalf_of == contacts.c.id))
     recipient = and_(contacts.c.role.in_(rule.roles), contacts.c.active.is_(True),
                      or_(contacts.c.region_code == groups.c.township_code,
                          contacts.c.region_code == groups.c.county_code))
@@ -404,8 +400,7 @@ async def alarm_silent(store: Store, policy: Policy, *, now: float | None = None
          "role": contacts.c.role, "channel": channels.c.channel, "priority": 0,
          "due_at": now, "township_code": groups.c.township_code,
          "created_at": groups.c.silent_at},
-        lambda q: q.select_from(groups.join(contacts, recipient).join(channels, true()))
-        .where(~himself),
+        lambda q: q.select_from(groups.join(contacts, recipient).join(channels, true())),
     )
     async with store.write() as conn:
         if store.is_postgres:
