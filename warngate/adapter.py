@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 #: ``followup``: a grid worker's list of households to visit; ``report``: field reports passed
 #: on to a duty officer. Both carry a signed link to their page (see ``page_url``).
-MessageKind = Literal["alert", "update", "cancel", "nobody", "followup", "report"]
+MessageKind = Literal["alert", "update", "cancel", "nobody", "followup", "report", "silent"]
 
 #: The page a ``followup`` or ``report`` message links to, under the gateway's public URL.
 _PAGES = {"followup": "/f/", "report": "/r/"}
