@@ -41,6 +41,7 @@ from sqlalchemy import (
     ColumnElement,
     Float,
     FromClause,
+    Integer,
     String,
     and_,
     case,
@@ -48,8 +49,10 @@ from sqlalchemy import (
     func,
     literal,
     literal_column,
+    null,
     or_,
     select,
+    text,
     tuple_,
     union_all,
 )
@@ -193,29 +196,41 @@ class Report:
 
 # -- building -----------------------------------------------------------------------------
 
-def _table(name: str, rows: list[dict[str, ColumnElement[Any]]]) -> FromClause | None:
-    """A few constant rows as a table (``SELECT ... UNION ALL ...``; SQLite has no
-    ``VALUES ... AS t (columns)``), as ``warngate.escalation`` builds its steps."""
-    if not rows:
-        return None
-    selects = [select(*(v.label(k) for k, v in row.items())) for row in rows]
-    return (selects[0] if len(selects) == 1 else union_all(*selects)).subquery(name)
-
-
-def deadlines(policy: Policy) -> FromClause | None:
+def deadlines(policy: Policy) -> dict[tuple[str, str], float]:
     """``ack.within`` per (level, role) of everyone who must answer: the level's entry, or a
     hazard's for a role only a hazard adds (as escalation takes its steps)."""
-    rows: list[dict[str, ColumnElement[Any]]] = []
+    out: dict[tuple[str, str], float] = {}
     for level, lp in policy.levels.items():
         roles = dict(lp.roles)
         for hp in policy.hazards.values():
             if LEVEL_RANK[level] >= LEVEL_RANK[hp.min_level]:
                 for role, rp in hp.roles.items():
                     roles.setdefault(role, rp)
-        rows.extend({"level": literal(level, String), "role": literal(role, String),
-                     "within": literal(float(rp.ack.within), Float)}
-                    for role, rp in roles.items() if rp.ack.required)
-    return _table("deadlines", rows)
+        out.update({(level, role): float(rp.ack.within)
+                    for role, rp in roles.items() if rp.ack.required})
+    return out
+
+
+def _within(policy: Policy, levels: dict[int, str], alert_id: ColumnElement[Any],
+            role: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The deadline of a person of ``alert_id`` with ``role``, as a ``CASE`` over the
+    policy's small (level, role) table: the alerts' levels are known, so no join (to
+    ``alerts`` and a constant table) is left for PostgreSQL to misjudge as a few rows and
+    plan as loops; a role the policy does not name takes the default."""
+    by_level: dict[str, list[int]] = {}
+    for a, level in levels.items():
+        by_level.setdefault(level, []).append(a)
+    default = literal(float(AckRule().within), Float)
+    branches = []
+    for level, ids in sorted(by_level.items()):
+        roles = [(r, w) for (lv, r), w in sorted(deadlines(policy).items()) if lv == level]
+        if not roles:
+            continue
+        in_level = (alert_id == literal(ids[0], BigInteger) if len(ids) == 1 else
+                    alert_id.in_([literal(i, BigInteger) for i in ids]))
+        branches.append((in_level, case(*((role == literal(r, String), literal(w, Float))
+                                          for r, w in roles), else_=default)))
+    return case(*branches, else_=default) if branches else default
 
 
 def _settled() -> ColumnElement[int]:
@@ -240,74 +255,79 @@ def _in_scope(ids: Sequence[int], township: str | None, *, alert_index: bool = T
     return where
 
 
-def _people(policy: Policy, ids: Sequence[int], township: str | None, *, sqlite: bool
-            ) -> FromClause:
-    """One row per person who must answer and alert: where they are, when they were first
-    sent to, how they were settled, when they answered themselves, and their deadline.
+def _people(policy: Policy, levels: dict[int, str], township: str | None, *,
+            sqlite: bool) -> FromClause:
+    """One row per person who must answer and alert (of ``levels``: alert id → level):
+    where they are, when they were first sent to, how they were settled, when they answered
+    themselves, whether their escalation ran out, and their deadline.
+
+    Three kinds of rows grouped once, by (alert, person), without joins: the person's own
+    deliveries; the calls to others about them that ran out (the mark of a person whose
+    escalation ran out is on their last row, which may be the call to their supervisor);
+    and their own answers. Joined instead, both databases compared every person with every
+    silent row or answer (PostgreSQL, misjudging the grouped rows as a handful, planned
+    loops: 4 s for a page of a million-recipient alert's list).
 
     ``sqlite``: SQLite (without statistics, as most are) would walk the alert's every row,
     a million households, to find the few thousand who must answer, who are all in the
     partial index ``ix_deliveries_ack_contact`` (0.5 s -> 0.07 s for a million); PostgreSQL
-    chooses well by itself."""
-    per = (
-        select(deliveries.c.alert_id, deliveries.c.contact_id.label("person"),
-               func.coalesce(func.min(deliveries.c.township_code), "").label("town"),
-               func.coalesce(func.min(deliveries.c.village_code), "").label("village"),
-               func.min(deliveries.c.role).label("role"),
-               func.coalesce(func.min(deliveries.c.sent_at),
-                             func.min(deliveries.c.created_at)).label("first_sent"),
-               func.max(_settled()).label("s"),
-               func.min(deliveries.c.acked_at).label("acked_at"),
-               func.max(deliveries.c.step).label("steps"))
-        .where(*_in_scope(ids, township, alert_index=not sqlite), _ACK_REQUIRED,
-               deliveries.c.on_behalf_of.is_(None),
-               deliveries.c.contact_id.is_not(None), deliveries.c.kind != "cancel")
-        .group_by(deliveries.c.alert_id, deliveries.c.contact_id)
-        .subquery("per")
-    )
-    ack_ids = [literal(i, BigInteger) for i in ids]
-    own = (
-        select(acknowledgements.c.alert_id, acknowledgements.c.person_id,
-               func.min(acknowledgements.c.at).label("own_at"))
-        .where(acknowledgements.c.alert_id.in_(ack_ids), acknowledgements.c.answered_by == "self",
-               acknowledgements.c.person_id.is_not(None))
-        .group_by(acknowledgements.c.alert_id, acknowledgements.c.person_id)
-        .subquery("own")
-    )
-    # The mark of a person whose escalation ran out is on their last row, which may be the
-    # call to their supervisor about them.
-    # Cast: SQLite indexes the join only between columns of the same affinity (without it,
-    # each person was compared with every silent row: 0.6 s of a million-recipient report).
-    person = cast(func.coalesce(deliveries.c.on_behalf_of, deliveries.c.contact_id),
-                  BigInteger)
-    ran_out = (
-        select(deliveries.c.alert_id, person.label("person"),
-               func.max(deliveries.c.silent_at).label("silent_at"))
-        .where(*_in_scope(ids, None), deliveries.c.silent_at.is_not(None))
-        .group_by(deliveries.c.alert_id, person)
-        .subquery("ran_out")
-    )
+    chooses well by itself.
+    """
+    ids = sorted(levels)
+    d, a = deliveries.c, acknowledgements.c
+    text_, float_, int_ = (cast(null(), String), cast(null(), Float), cast(null(), Integer))
+    own_rows = select(d.alert_id, d.contact_id.label("person"), d.township_code.label("town"),
+                      d.village_code.label("village"), d.role, d.sent_at, d.created_at,
+                      _settled().label("settled"), d.acked_at, d.step, d.silent_at,
+                      float_.label("own_at"))
+    own_rows = own_rows.where(
+        *_in_scope(ids, township, alert_index=not sqlite), _ACK_REQUIRED,
+        d.on_behalf_of.is_(None), d.contact_id.is_not(None), d.kind != "cancel")
+    # A call about a person carries the person's township and village.
+    about = (select(d.alert_id, d.on_behalf_of, text_, text_, text_, float_, float_,
+                    literal(0, Integer), float_, int_, d.silent_at, float_)
+             .where(*_in_scope(ids, township), d.silent_at.is_not(None),
+                    d.on_behalf_of.is_not(None)))
+    answers = (select(a.alert_id, a.person_id, text_, text_, text_, float_, float_,
+                      literal(0, Integer), float_, int_, float_, a.at)
+               .where(a.alert_id.in_([literal(i, BigInteger) for i in ids]),
+                      a.answered_by == "self", a.person_id.is_not(None)))
+    rows = union_all(own_rows, about, answers).subquery("rows")
+    r = rows.c
+    s = func.max(r.settled)
     # Rows acknowledged before acknowledgements named their person: their own answer is
     # the row's acked_at.
-    answered_at = func.coalesce(own.c.own_at, case((per.c.s == 2, per.c.acked_at)))
-    default = literal(float(AckRule().within), Float)
-    table = deadlines(policy)
-    q = (select(per, answered_at.label("answered_at"), alerts.c.level, ran_out.c.silent_at)
-         .select_from(per.join(alerts, alerts.c.id == per.c.alert_id)
-                      .outerjoin(own, and_(own.c.alert_id == per.c.alert_id,
-                                           own.c.person_id == per.c.person))
-                      .outerjoin(ran_out, and_(ran_out.c.alert_id == per.c.alert_id,
-                                               ran_out.c.person == per.c.person))))
-    within: ColumnElement[Any] = default
-    if table is not None:
-        q = q.outerjoin(table, and_(table.c.level == alerts.c.level,
-                                    table.c.role == per.c.role))
-        within = func.coalesce(table.c.within, default)
-    return q.add_columns(within.label("within")).subquery("people")
+    answered_at = func.coalesce(func.min(r.own_at), case((s == 2, func.min(r.acked_at))))
+    role = func.min(r.role)
+    # People known only from an answer or a call about them are no one's concern here
+    # (their own rows are in another township); kept out by a condition on the town, not
+    # a HAVING, which PostgreSQL took to leave a handful of people.
+    return (
+        select(r.alert_id, r.person,
+               func.coalesce(func.min(r.town), "").label("town"),
+               func.coalesce(func.min(r.village), "").label("village"),
+               role.label("role"),
+               func.coalesce(func.min(r.sent_at), func.min(r.created_at)).label("first_sent"),
+               s.label("s"), answered_at.label("answered_at"),
+               func.coalesce(func.max(r.step), 0).label("steps"),
+               func.max(r.silent_at).label("silent_at"),
+               _within(policy, levels, r.alert_id, role).label("within"),
+               func.max(r.created_at).label("known"))
+        .group_by(r.alert_id, r.person)
+        .subquery("people")
+    )
 
 
 def _on_time(p: FromClause) -> ColumnElement[bool]:
     return and_(p.c.s == 2, p.c.answered_at - p.c.first_sent <= p.c.within)
+
+
+async def _no_jit(conn: AsyncConnection) -> None:
+    """PostgreSQL: no JIT compilation in this transaction. The report's statements read a
+    million rows once, which makes their estimated cost cross ``jit_above_cost``; compiling
+    them took 0.86 s of a 1.8 s report, the reading itself 0.9 s."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SET LOCAL jit = off"))
 
 
 async def _alerts(conn: AsyncConnection, *, alert_id: int | None, since: float | None,
@@ -357,6 +377,7 @@ async def build_report(
     if since is not None and until is not None and until <= since:
         raise ReportError("结束时间须晚于开始时间")
     async with store.board() as conn:
+        await _no_jit(conn)
         found = await _alerts(conn, alert_id=alert_id, since=since, until=until)
         rows: dict[tuple[str, str], ReportRow] = {}
         if found:
@@ -403,7 +424,8 @@ async def _aggregate(conn: AsyncConnection, policy: Policy, found: list[dict[str
         target.counts["speakers_silent"] += int(r[6] or 0)
 
     # 2. People who must answer, one per alert: answered, in time, covered, silent.
-    p = _people(policy, ids, township, sqlite=conn.dialect.name == "sqlite")
+    p = _people(policy, {a["id"]: a["level"] for a in found}, township,
+                sqlite=conn.dialect.name == "sqlite")
     for r in await conn.execute(
         select(p.c.town, p.c.village, func.count(),
                func.sum(case((p.c.s == 2, 1), else_=0)),
@@ -411,6 +433,7 @@ async def _aggregate(conn: AsyncConnection, policy: Policy, found: list[dict[str
                func.sum(case((p.c.s == 1, 1), else_=0)),
                func.sum(case((p.c.s == 0, 1), else_=0)),
                func.sum(case((p.c.silent_at.is_not(None), 1), else_=0)))
+        .where(p.c.known.is_not(None))
         .group_by(p.c.town, p.c.village)
     ):
         c = row(r[0], r[1]).counts
@@ -483,7 +506,13 @@ async def late_people(
     after the keyset ``after`` (:func:`people_cursor` of the last row of a page)."""
     if not alert_ids:
         return []
-    p = _people(policy, alert_ids, township, sqlite=not store.is_postgres)
+    async with store.board() as conn:
+        levels = dict((await conn.execute(
+            select(alerts.c.id, alerts.c.level)
+            .where(alerts.c.id.in_([literal(i, BigInteger) for i in alert_ids])))).all())
+    if not levels:
+        return []
+    p = _people(policy, levels, township, sqlite=not store.is_postgres)
     village = regions.alias("village")
     town = regions.alias("town")
     q = (select(p.c.alert_id, p.c.person, p.c.town, p.c.village, p.c.role, p.c.first_sent,
@@ -493,7 +522,7 @@ async def late_people(
          .join_from(p, contacts, contacts.c.id == p.c.person)
          .outerjoin(village, village.c.code == p.c.village)
          .outerjoin(town, town.c.code == p.c.town)
-         .where(~_on_time(p))
+         .where(p.c.known.is_not(None), ~_on_time(p))
          .order_by(p.c.alert_id, p.c.town, p.c.village, p.c.person)
          .limit(limit))
     if after is not None:
@@ -501,6 +530,7 @@ async def late_people(
             literal(after[0], BigInteger), literal(after[1], String),
             literal(after[2], String), literal(after[3], BigInteger)))
     async with store.board() as conn:
+        await _no_jit(conn)
         found = (await conn.execute(q)).all()
     out = []
     for r in found:
