@@ -7,10 +7,10 @@ stayed silent, how many escalation steps were taken and how many people ran out 
 how many households their grid workers followed up and moved, and how many loudspeakers
 stayed silent. A second list names the people who did not answer themselves in time.
 
-Every figure comes from a handful of set-based ``GROUP BY`` statements over the alerts'
-deliveries (one scan of all of them, one over the people who must answer, and small ones
-over acknowledgements, silent rows, speakers and follow-ups); Python only merges per-village
-rows into townships and the county. A 1,000,000-recipient alert takes well under 2 s
+Every figure comes from three set-based ``GROUP BY`` statements: one pass over the alerts'
+deliveries in index order, one over the people who must answer (their rows, the calls
+about them and their answers, grouped once), one over follow-ups; Python only adds
+villages into townships and the county. A 1,000,000-recipient alert takes about a second
 (``bench/report.py``).
 
 Definitions (docs/accountability.md):
@@ -22,8 +22,8 @@ Definitions (docs/accountability.md):
   else about them (``on_behalf_of IS NULL``), one person per ``contact_id`` and alert.
 * *answered in time*: the person's own earliest answer (``acknowledgements.answered_by =
   'self'``) no later than ``ack.within`` after their first message; ``within`` is the
-  policy's for the alert's level and the person's role, joined in SQL from a small constant
-  table (a hazard's entry where the level names no such role, as escalation reads it).
+  policy's for the alert's level and the person's role (a hazard's entry where the level
+  names no such role, as escalation reads it), a ``CASE`` over that small table.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from sqlalchemy import (
     Float,
     FromClause,
     Integer,
+    Select,
     String,
     and_,
     case,
@@ -497,6 +498,49 @@ def _rollup(villages: dict[tuple[str, str], ReportRow], names: dict[str, str]
 PeopleCursor = tuple[int, str, str, int]
 
 
+def _late_query(policy: Policy, levels: dict[int, str], township: str | None, *,
+                sqlite: bool) -> Select[Any]:
+    """Everyone of the alerts who did not answer themselves in time, with name, phone and
+    place names, in list order (alert, township, village, person)."""
+    p = _people(policy, levels, township, sqlite=sqlite)
+    village = regions.alias("village")
+    town = regions.alias("town")
+    return (select(p.c.alert_id, p.c.person, p.c.town, p.c.village, p.c.role, p.c.first_sent,
+                   p.c.s, p.c.answered_at, p.c.within, p.c.steps, p.c.silent_at,
+                   contacts.c.name, contacts.c.phone, village.c.name.label("village_name"),
+                   town.c.name.label("town_name"))
+            .join_from(p, contacts, contacts.c.id == p.c.person)
+            .outerjoin(village, village.c.code == p.c.village)
+            .outerjoin(town, town.c.code == p.c.town)
+            .where(p.c.known.is_not(None), ~_on_time(p))
+            .order_by(p.c.alert_id, p.c.town, p.c.village, p.c.person))
+
+
+def _late_person(policy: Policy, r: Any) -> dict[str, Any]:
+    status = "late" if r.s == 2 else "covered" if r.s == 1 else "silent"
+    seconds = (None if r.answered_at is None or r.first_sent is None
+               else round(float(r.answered_at) - float(r.first_sent), 1))
+    return {
+        "alert_id": r.alert_id, "person_id": r.person, "township_code": r.town or None,
+        "township": r.town_name or r.town or None, "village_code": r.village or None,
+        "village": r.village_name or r.village or None, "name": r.name,
+        "role": r.role, "role_label": policy.role_label(r.role),
+        # Reports leave the system: numbers are masked like in the logs.
+        "phone": mask(r.phone) if r.phone else None,
+        "status": status, "status_label": STATUS_LABELS[status],
+        "first_sent": r.first_sent,
+        "answered_at": r.answered_at if r.s == 2 else None,
+        "seconds": seconds if r.s == 2 else None, "within": float(r.within),
+        "steps": int(r.steps or 0), "exhausted": r.silent_at is not None,
+    }
+
+
+async def _levels(conn: AsyncConnection, alert_ids: Sequence[int]) -> dict[int, str]:
+    return dict((await conn.execute(
+        select(alerts.c.id, alerts.c.level)
+        .where(alerts.c.id.in_([literal(i, BigInteger) for i in alert_ids])))).all())
+
+
 async def late_people(
     store: Store, policy: Policy, alert_ids: Sequence[int], *, township: str | None = None,
     limit: int = 200, after: PeopleCursor | None = None,
@@ -507,50 +551,18 @@ async def late_people(
     if not alert_ids:
         return []
     async with store.board() as conn:
-        levels = dict((await conn.execute(
-            select(alerts.c.id, alerts.c.level)
-            .where(alerts.c.id.in_([literal(i, BigInteger) for i in alert_ids])))).all())
-    if not levels:
-        return []
-    p = _people(policy, levels, township, sqlite=not store.is_postgres)
-    village = regions.alias("village")
-    town = regions.alias("town")
-    q = (select(p.c.alert_id, p.c.person, p.c.town, p.c.village, p.c.role, p.c.first_sent,
-                p.c.s, p.c.answered_at, p.c.within, p.c.steps, p.c.silent_at,
-                contacts.c.name, contacts.c.phone, village.c.name.label("village_name"),
-                town.c.name.label("town_name"))
-         .join_from(p, contacts, contacts.c.id == p.c.person)
-         .outerjoin(village, village.c.code == p.c.village)
-         .outerjoin(town, town.c.code == p.c.town)
-         .where(p.c.known.is_not(None), ~_on_time(p))
-         .order_by(p.c.alert_id, p.c.town, p.c.village, p.c.person)
-         .limit(limit))
-    if after is not None:
-        q = q.where(tuple_(p.c.alert_id, p.c.town, p.c.village, p.c.person) > tuple_(
-            literal(after[0], BigInteger), literal(after[1], String),
-            literal(after[2], String), literal(after[3], BigInteger)))
-    async with store.board() as conn:
         await _no_jit(conn)
+        levels = await _levels(conn, alert_ids)
+        if not levels:
+            return []
+        q = _late_query(policy, levels, township, sqlite=not store.is_postgres).limit(limit)
+        if after is not None:
+            inner = q.selected_columns
+            q = q.where(tuple_(inner.alert_id, inner.town, inner.village, inner.person) > tuple_(
+                literal(after[0], BigInteger), literal(after[1], String),
+                literal(after[2], String), literal(after[3], BigInteger)))
         found = (await conn.execute(q)).all()
-    out = []
-    for r in found:
-        status = "late" if r.s == 2 else "covered" if r.s == 1 else "silent"
-        seconds = (None if r.answered_at is None or r.first_sent is None
-                   else round(float(r.answered_at) - float(r.first_sent), 1))
-        out.append({
-            "alert_id": r.alert_id, "person_id": r.person, "township_code": r.town or None,
-            "township": r.town_name or r.town or None, "village_code": r.village or None,
-            "village": r.village_name or r.village or None, "name": r.name,
-            "role": r.role, "role_label": policy.role_label(r.role),
-            # Reports leave the system: numbers are masked like in the logs.
-            "phone": mask(r.phone) if r.phone else None,
-            "status": status, "status_label": STATUS_LABELS[status],
-            "first_sent": r.first_sent,
-            "answered_at": r.answered_at if r.s == 2 else None,
-            "seconds": seconds if r.s == 2 else None, "within": float(r.within),
-            "steps": int(r.steps or 0), "exhausted": r.silent_at is not None,
-        })
-    return out
+    return [_late_person(policy, r) for r in found]
 
 
 def people_cursor(person: dict[str, Any]) -> PeopleCursor:
@@ -576,20 +588,22 @@ def format_cursor(cursor: PeopleCursor) -> str:
     return ":".join(map(str, cursor))
 
 
-async def all_late_people(store: Store, policy: Policy, report: Report, *,
-                          page: int = 5000) -> AsyncIterator[dict[str, Any]]:
-    """Every person of the report's list, a page at a time (exports keep the list whole
-    without holding it in memory)."""
+async def all_late_people(store: Store, policy: Policy, report: Report
+                          ) -> AsyncIterator[dict[str, Any]]:
+    """Every person of the report's list, streamed from one query (server-side cursor):
+    exports keep the list whole without holding it in memory, and without computing the
+    people again for every page."""
     ids = [a["id"] for a in report.alerts]
-    after: PeopleCursor | None = None
-    while True:
-        got = await late_people(store, policy, ids, township=report.township, limit=page,
-                                after=after)
-        for person in got:
-            yield person
-        if len(got) < page:
-            return
-        after = people_cursor(got[-1])
+    if not ids:
+        return
+    async with store.board() as conn:
+        await _no_jit(conn)
+        levels = await _levels(conn, ids)
+        q = _late_query(policy, levels, report.township, sqlite=not store.is_postgres)
+        result = await conn.stream(q.execution_options(yield_per=2000))
+        async for part in result.partitions():
+            for r in part:
+                yield _late_person(policy, r)
 
 
 # -- files ----------------------------------------------------------------------------------
