@@ -142,9 +142,9 @@ async def aftermath(store: Store, alert_id: int) -> None:
             f"WHEN 2 THEN 'refused' ELSE NULL END, "
             f"CASE WHEN {mod('d.contact_id', 5)} = 0 THEN 3 END, d.created_at + 1800 "
             f"FROM deliveries d JOIN contacts c ON c.id = d.contact_id "
-            f"WHERE d.alert_id = :a AND d.role = 'household' AND d.state = 'failed' "
-            f"AND d.id IN (SELECT id FROM deliveries WHERE alert_id = :a "
-            f"AND role = 'household' AND state = 'failed' ORDER BY id LIMIT 50000)"), a)
+            f"WHERE d.alert_id = :a AND d.id IN (SELECT id FROM deliveries WHERE alert_id = :a "
+            f"AND role = 'household' AND state = 'failed' AND step = 0 "
+            f"ORDER BY id LIMIT 50000)"), a)
         await conn.execute(text(
             f"UPDATE speakers SET online = false "
             f"WHERE {mod('CAST(substr(id, length(id) - 2, 3) AS INTEGER)', 20)} = 0"))

@@ -658,23 +658,47 @@ def _person_line(p: dict[str, Any]) -> list[Any]:
     return [values[k] for k, _ in PEOPLE_COLUMNS]
 
 
+def _csv_head(report: Report) -> Iterable[list[Any]]:
+    """The CSV's lines before the people: each section under a title line."""
+    yield [report.title]
+    yield from _summary_lines(report)
+    yield []
+    yield ["预警"]
+    yield from _alert_lines(report)
+    yield []
+    yield ["未按时叫应人员"]
+    yield [h for _, h in PEOPLE_COLUMNS]
+
+
 async def write_csv(store: Store, policy: Policy, report: Report, out: IO[str]) -> int:
     """The report as CSV sections (a title line each): 通报, 预警, 未按时叫应人员.
     Returns how many people the list holds."""
     w = csv.writer(out)
-    w.writerow([report.title])
-    w.writerows(_summary_lines(report))
-    w.writerow([])
-    w.writerow(["预警"])
-    w.writerows(_alert_lines(report))
-    w.writerow([])
-    w.writerow(["未按时叫应人员"])
-    w.writerow([h for _, h in PEOPLE_COLUMNS])
+    w.writerows(_csv_head(report))
     n = 0
     async for person in all_late_people(store, policy, report):
         w.writerow(_person_line(person))
         n += 1
     return n
+
+
+async def csv_chunks(store: Store, policy: Policy, report: Report, *, every: int = 1000
+                     ) -> AsyncIterator[bytes]:
+    """The CSV file (UTF-8 with a BOM, so spreadsheet programs read the Chinese as UTF-8)
+    in pieces of ``every`` people, for an HTTP answer that streams a long list."""
+    buf = io.StringIO()
+    buf.write("\ufeff")
+    w = csv.writer(buf)
+    w.writerows(_csv_head(report))
+    n = 0
+    async for person in all_late_people(store, policy, report):
+        w.writerow(_person_line(person))
+        n += 1
+        if n % every == 0:
+            yield buf.getvalue().encode("utf-8")
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue().encode("utf-8")
 
 
 async def write_xlsx(store: Store, policy: Policy, report: Report, out: Path | IO[bytes]
@@ -702,12 +726,9 @@ async def write_xlsx(store: Store, policy: Policy, report: Report, out: Path | I
 
 
 async def export(store: Store, policy: Policy, report: Report, fmt: str) -> bytes:
-    """The report file's bytes in ``fmt`` (csv with a BOM, so spreadsheet programs read the
-    Chinese as UTF-8; or xlsx)."""
+    """The report file's bytes in ``fmt`` (csv, or xlsx)."""
     if fmt == "csv":
-        text = io.StringIO()
-        await write_csv(store, policy, report, text)
-        return ("\ufeff" + text.getvalue()).encode("utf-8")
+        return b"".join([chunk async for chunk in csv_chunks(store, policy, report)])
     if fmt == "xlsx":
         data = io.BytesIO()
         await write_xlsx(store, policy, report, data)
@@ -729,6 +750,6 @@ def file_name(report: Report, fmt: str) -> str:
 
 __all__ = [
     "COLUMNS", "FORMATS", "PEOPLE_COLUMNS", "Report", "ReportError", "ReportRow",
-    "all_late_people", "build_report", "export", "file_name", "format_cursor", "late_people",
-    "parse_cursor", "parse_day", "people_cursor", "write_csv", "write_xlsx",
+    "all_late_people", "build_report", "csv_chunks", "export", "file_name", "format_cursor",
+    "late_people", "parse_cursor", "parse_day", "people_cursor", "write_csv", "write_xlsx",
 ]

@@ -509,7 +509,7 @@ async def record_acknowledgement(request: web.Request) -> web.Response:
     return ok(done, status=201)
 
 
-async def accountability_report(request: web.Request) -> web.Response:
+async def accountability_report(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/alerts/{id}/report``: the accountability report (通报) as JSON, with the
     first page of the people who did not answer themselves in time (``limit``, ``after``);
     ``?format=csv|xlsx``: the whole report as a file. A township token sees its township."""
@@ -539,14 +539,21 @@ async def accountability_report(request: web.Request) -> web.Response:
     made = await accountability.build_report(gw.store, gw.policy, alert_id=row.id,
                                              township=township)
     if fmt is not None:
-        data = await accountability.export(gw.store, gw.policy, made, fmt)
         name = accountability.file_name(made, fmt)
-        kind = ("text/csv; charset=utf-8" if fmt == "csv" else
-                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
-        return web.Response(body=data, headers={
-            "Content-Type": kind,
-            "Content-Disposition": f"attachment; filename=\"report.{fmt}\"; "
-                                   f"filename*=UTF-8''{quote(name)}"})
+        headers = {"Content-Disposition": f"attachment; filename=\"report.{fmt}\"; "
+                                          f"filename*=UTF-8''{quote(name)}"}
+        if fmt == "xlsx":
+            data = await accountability.export(gw.store, gw.policy, made, fmt)
+            return web.Response(body=data, headers={**headers, "Content-Type": (
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")})
+        # The list of people may be long: it streams as it is read.
+        stream = web.StreamResponse(headers={**headers,
+                                             "Content-Type": "text/csv; charset=utf-8"})
+        await stream.prepare(request)
+        async for chunk in accountability.csv_chunks(gw.store, gw.policy, made):
+            await stream.write(chunk)
+        await stream.write_eof()
+        return stream
     people = await accountability.late_people(gw.store, gw.policy, [row.id],
                                               township=township, limit=limit + 1, after=after)
     more = len(people) > limit
