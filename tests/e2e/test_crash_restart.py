@@ -383,7 +383,8 @@ async def check_outcome(store: Store, *, kept: int, cancelled: int, ever_sent: s
             deliveries.c.id, deliveries.c.alert_id, deliveries.c.kind, deliveries.c.contact_id,
             deliveries.c.on_behalf_of, deliveries.c.speaker_id, deliveries.c.channel,
             deliveries.c.step, deliveries.c.state, deliveries.c.last_error,
-            deliveries.c.acked_at, deliveries.c.attempts))).all()
+            deliveries.c.acked_at, deliveries.c.attempts, deliveries.c.township_code,
+            deliveries.c.created_at))).all()
         got: dict[int, set[str]] = {}
         for delivery_id, status in (await conn.execute(
                 select(receipts.c.delivery_id, receipts.c.status))).all():
@@ -401,9 +402,11 @@ async def check_outcome(store: Store, *, kept: int, cancelled: int, ever_sent: s
         f"attempt among them: {max(r.attempts for r in rows if r.state in LIVE_STATES)}\n"
         f"{log_excerpt(service)}")
 
-    # No recipient with two rows for one step.
+    # No recipient with two rows for one step. A duty officer's alarms about silent people
+    # come one per township and sweep (escalation.alarm_silent): those are keyed by both.
     keys = Counter((r.alert_id, r.kind, r.contact_id, r.on_behalf_of, r.speaker_id, r.channel,
-                    r.step) for r in rows)
+                    r.step, *((r.township_code, r.created_at) if r.kind == "silent" else ()))
+                   for r in rows)
     twice = {k: n for k, n in keys.items() if n > 1}
     assert not twice, f"{len(twice)} (alert, kind, person, for, speaker, channel, step) " \
                       f"twice, e.g. {list(twice.items())[:5]}"
