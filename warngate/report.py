@@ -462,7 +462,6 @@ async def _aggregate(conn: AsyncConnection, policy: Policy, found: list[dict[str
             c[k] += int(v or 0)
 
 
-
 def _rollup(villages: dict[tuple[str, str], ReportRow], names: dict[str, str]
             ) -> list[ReportRow]:
     """County first, then each township followed by its villages, in code order."""
