@@ -316,10 +316,12 @@ async def test_the_api_scopes_a_township_token_and_serves_files(served: Site) ->
     assert resp.status == 400 and "format" in (await resp.json())["error"]["message"]
     resp = await site.client.get(f"{url}?after=nonsense", headers=town)
     assert resp.status == 400
+    resp = await site.client.get(f"{url}?limit=0", headers=town)
+    assert resp.status == 400
     async with site.store.read() as conn:
         kept = (await conn.execute(select(rejected_inputs.c.reason).where(
             rejected_inputs.c.entry_point == f"GET {url}"))).scalars().all()
-    assert len(kept) == 3 and any("339901001" in r for r in kept)
+    assert len(kept) == 4 and any("339901001" in r for r in kept)
 
     resp = await site.client.get(f"{url}?format=csv", headers=town)
     assert resp.status == 200 and resp.content_type == "text/csv"

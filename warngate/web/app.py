@@ -522,13 +522,15 @@ async def accountability_report(request: web.Request) -> web.StreamResponse:
                              f"this token sees township {actor.township} only")
     township = township or actor.township
     fmt = request.query.get("format") or None
-    limit = _query_int(request, "limit", 200, lo=1, hi=5000)
-    after = None
+    limit, after = 200, None
     try:
+        limit = _query_int(request, "limit", 200, lo=1, hi=5000)
         if fmt is not None and fmt not in accountability.FORMATS:
             raise accountability.ReportError(f"format 须为 {'/'.join(accountability.FORMATS)} 之一")
         if "after" in request.query:
             after = accountability.parse_cursor(request.query["after"])
+    except AlertError as exc:
+        refused = refused or exc
     except accountability.ReportError as exc:
         refused = refused or AlertError(400, "bad_query", str(exc))
     if refused is not None:
