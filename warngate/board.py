@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from warngate.delivery import WARNING_KINDS
 from warngate.phone import mask
 from warngate.store import Store
 from warngate.store.schema import acknowledgements, alerts, contacts, deliveries, regions
@@ -48,7 +49,7 @@ async def receipts_board(
             deliveries.c.township_code, deliveries.c.village_code, deliveries.c.grid_code,
             deliveries.c.channel, deliveries.c.state, func.count(),
         )
-        .where(deliveries.c.alert_id == alert_id, deliveries.c.kind != "cancel")
+        .where(deliveries.c.alert_id == alert_id, deliveries.c.kind.in_(WARNING_KINDS))
         .group_by(deliveries.c.township_code, deliveries.c.village_code,
                   deliveries.c.grid_code, deliveries.c.channel, deliveries.c.state)
     )
@@ -124,7 +125,7 @@ def _settled(how: Any, at: Any) -> Any:
 
 def _responsible(alert_id: int, township: str | None) -> list[ColumnElement[bool]]:
     """The rows of the people who must answer (not the supervisors called about them)."""
-    where = [deliveries.c.alert_id == alert_id, deliveries.c.kind != "cancel",
+    where = [deliveries.c.alert_id == alert_id, deliveries.c.kind.in_(WARNING_KINDS),
              deliveries.c.ack_required.is_(True), deliveries.c.on_behalf_of.is_(None),
              deliveries.c.contact_id.is_not(None)]
     if township:
@@ -273,7 +274,7 @@ async def receipts_people(
             contacts.c.name, contacts.c.phone,
         )
         .select_from(deliveries.outerjoin(contacts, contacts.c.id == deliveries.c.contact_id))
-        .where(deliveries.c.alert_id == alert_id, deliveries.c.kind != "cancel")
+        .where(deliveries.c.alert_id == alert_id, deliveries.c.kind.in_(WARNING_KINDS))
         .order_by(town, village, deliveries.c.id)
         .limit(limit)
         .offset(offset)

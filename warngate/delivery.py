@@ -64,6 +64,11 @@ UNSENT = frozenset({S.PLANNED, S.RETRY})
 REACHED = frozenset({S.SENDING, S.SENT, S.DELIVERED, S.ACKNOWLEDGED})
 #: Someone may still answer it (an SMS reply resolves to the newest of these).
 ANSWERABLE = frozenset({S.SENDING, S.SENT, S.DELIVERED})
+#: The kinds of delivery that carry the warning itself (``deliveries.kind``). The others are
+#: about it: a lifted notice (cancel), the duty officers' alarms (nobody, silent), a grid
+#: worker's follow-up list, a forwarded field report. Boards, people lists and replies count
+#: only these.
+WARNING_KINDS = ("alert", "update")
 #: Nothing will move it any more (a receipt may still turn FAILED into DELIVERED, and a
 #: person may still answer a DELIVERED or FAILED one).
 FINAL = frozenset({S.SENT, S.DELIVERED, S.ACKNOWLEDGED, S.FAILED, S.CANCELLED,

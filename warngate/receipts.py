@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from warngate.adapter import ProviderEvent
 from warngate.delivery import (
     ANSWERABLE,
+    WARNING_KINDS,
     Batch,
     DeliveryState,
     Event,
@@ -404,7 +405,8 @@ async def _resolve_phones(conn: AsyncConnection, acks: Sequence[_Pending]) -> No
             .where(
                 contacts.c.phone.in_(phones[i : i + 500]),
                 _ACK_REQUIRED,
-                deliveries.c.kind != "cancel",
+                # A reply answers the warning, not a follow-up list or an alarm about it.
+                deliveries.c.kind.in_(WARNING_KINDS),
                 # Covered by someone else: their own answer is still wanted and counted.
                 or_(deliveries.c.acked_at.is_(None), deliveries.c.acked_how == COVERED),
                 or_(in_states(ANSWERABLE), deliveries.c.acked_how == COVERED),
@@ -632,7 +634,7 @@ async def record_for(
             select(deliveries.c.id, deliveries.c.township_code)
             .where(_ACK_REQUIRED, deliveries.c.contact_id == person_id,
                    deliveries.c.alert_id == alert_id, deliveries.c.on_behalf_of.is_(None),
-                   deliveries.c.kind != "cancel")
+                   deliveries.c.kind.in_(WARNING_KINDS))
             .order_by(deliveries.c.id.desc()).limit(1))).one_or_none()
         if row is None:
             raise CoverError("not_found", "此人不是本预警须叫应的责任人")

@@ -21,6 +21,7 @@ class RecordingSink:
     receipts: list[dict[str, Any]] = field(default_factory=list)
     acks: list[dict[str, Any]] = field(default_factory=list)
     statuses: list[tuple[str, bool]] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def receipt(
@@ -56,6 +57,11 @@ class RecordingSink:
 
     def speaker_status(self, speaker_id: str, *, online: bool) -> None:
         self.statuses.append((speaker_id, online))
+        self._changed.set()
+
+    def field_report(self, *, phone: str, text: str, via: str,
+                     event: ProviderEvent | None = None) -> None:
+        self.reports.append({"phone": phone, "text": text, "via": via, "event": event})
         self._changed.set()
 
     async def wait_for(self, predicate: Any, within: float = 5.0) -> None:

@@ -8,14 +8,23 @@ people once, and keep the time each person took to answer themselves.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from sqlalchemy import insert, select
 
 from tests.gateway_run import wait_until
-from tests.integration.test_ack_link import Site, link, site  # noqa: F401 (fixture)
+from tests.integration.test_ack_link import Site, link, open_site
 from warngate.delivery import new_row
+from warngate.store import Store
 from warngate.store.schema import acknowledgements, audit_log, contacts, deliveries
+
+
+@pytest.fixture
+async def site(store: Store) -> AsyncIterator[Site]:
+    async with open_site(store) as s:
+        yield s
 
 
 async def _first_grid_worker(site: Site, alert_id: int) -> Any:
