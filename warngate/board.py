@@ -56,7 +56,7 @@ async def receipts_board(
     if township:
         q = q.where(deliveries.c.township_code == township)
     rows = (await conn.execute(q)).all()
-    extra = await _extra_counts(conn, alert_id, township)
+    extra = await answer_counts(conn, alert_id, township)
     codes = {c for r in rows for c in (r[0], r[1], r[2]) if c}
     names = await _names(conn, codes)
     totals: dict[str, dict[str, int]] = {}
@@ -133,7 +133,7 @@ def _responsible(alert_id: int, township: str | None) -> list[ColumnElement[bool
     return where
 
 
-async def _extra_counts(
+async def answer_counts(
     conn: AsyncConnection, alert_id: int, township: str | None
 ) -> dict[str, int]:
     """People who must answer: how many answered themselves, how many were covered by

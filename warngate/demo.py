@@ -19,9 +19,11 @@ from typing import TextIO
 
 from sqlalchemy import func, select
 
-from warngate.board import alert_progress
+from warngate import followup
+from warngate.board import alert_progress, answer_counts
 from warngate.cap import parse_cap
 from warngate.policy import load_policy
+from warngate.service import Gateway
 from warngate.serving import serving
 from warngate.settings import (
     AdapterSettings,
@@ -36,7 +38,7 @@ from warngate.settings import (
 )
 from warngate.sources import cap_to_alert
 from warngate.store import Store
-from warngate.store.schema import contacts, deliveries
+from warngate.store.schema import contacts, deliveries, field_reports, followups
 from warngate.web.app import build_app
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,83 @@ def _progress_lines(progress: dict[str, dict[str, int]], escalated: int, elapsed
     return lines
 
 
+async def _accountability_lines(gw: Gateway, alert_id: int) -> list[str]:
+    """Who answered themselves, who was covered, who is silent; follow-ups and reports."""
+    async with gw.store.read() as conn:
+        people = await answer_counts(conn, alert_id, None)
+        listed, done, moved = (await conn.execute(select(
+            func.count(), func.count(followups.c.outcome),
+            func.coalesce(func.sum(followups.c.people_moved), 0),
+        ).where(followups.c.alert_id == alert_id))).one()
+        reports = (await conn.execute(select(func.count()).select_from(field_reports)
+                                      .where(field_reports.c.alert_id == alert_id))
+                   ).scalar_one()
+    return [
+        f"{'':>7} 责任人 (responsible) {people['required']}: 本人叫应 answered "
+        f"{people['answered']} · 代为确认 covered {people['covered']} · 未叫应 silent "
+        f"{people['silent']}",
+        f"{'':>7} 入户跟进 follow-ups {listed} (已反馈 recorded {done}, 已转移 moved {moved} 人)"
+        f" · 现场报告 field reports {reports}",
+    ]
+
+
+class _FieldTeam:
+    """The demo's people in the field: grid workers record what they found at the
+    households on their follow-up lists (as the /f/ page would), and one villager's SMS
+    reply reports flooding. Deterministic, so every run tells the same story."""
+
+    def __init__(self, gw: Gateway, alert_id: int) -> None:
+        self.gw, self.alert_id = gw, alert_id
+        self.reported = False
+
+    async def act(self, elapsed: float) -> None:
+        if not self.reported and elapsed >= 20:
+            await self._report_flooding()
+        if elapsed >= 30:
+            await self._visit_households()
+
+    async def _report_flooding(self) -> None:
+        async with self.gw.store.read() as conn:
+            phone = (await conn.execute(
+                select(contacts.c.phone)
+                .join(deliveries, deliveries.c.contact_id == contacts.c.id)
+                .where(deliveries.c.alert_id == self.alert_id,
+                       contacts.c.role == "household", contacts.c.phone.is_not(None))
+                .order_by(contacts.c.id).limit(1))).scalar_one_or_none()
+        if phone is not None:
+            self.gw.receipts.field_report(phone=phone, text="家里进水了，一楼已淹，老人需要帮助",
+                                          via="sms_reply")
+            self.reported = True
+
+    async def _visit_households(self) -> None:
+        async with self.gw.store.read() as conn:
+            lists = list((await conn.execute(
+                select(deliveries.c.id).where(deliveries.c.alert_id == self.alert_id,
+                                              deliveries.c.kind == followup.FOLLOWUP_KIND)
+                .order_by(deliveries.c.id).limit(12))).scalars())
+        for delivery_id in lists:
+            found = await followup.find_list(self.gw.store, delivery_id)
+            if found is None:
+                continue
+            for h in [h for h in found.households if h.outcome is None][:2]:
+                # Most households are moved, some told in person, a few not found.
+                pick = h.id % 10
+                outcome = ("evacuated" if pick < 6 else "informed" if pick < 9
+                           else "not_found")
+                await followup.record_outcome(
+                    self.gw.store, found, followup_id=h.id, outcome=outcome,
+                    people=1 + h.id % 4 if outcome == "evacuated" else None, note=None)
+
+
+async def _export_report(gw: Gateway, alert_id: int, data_dir: Path, out: TextIO) -> None:
+    from warngate.report import build_report, file_name, write_xlsx
+
+    report = await build_report(gw.store, gw.policy, alert_id=alert_id)
+    path = data_dir / file_name(report, "xlsx")
+    await write_xlsx(gw.store, gw.policy, report, path)
+    print(f"通报 (accountability report) → {path}", file=out)
+
+
 async def run_demo(
     *, port: int, data_dir: Path, token: str | None, duration: float | None,
     out: TextIO = sys.stdout,
@@ -155,9 +234,16 @@ async def run_demo(
               file=out)
         print(f"  curl -H 'Authorization: Bearer {token}' "
               f"'{base}/api/v1/alerts/{aid}/receipts?township={DEMO_TOWNSHIPS[0]}"
-              f"&state=unacknowledged'", file=out)
+              f"&state=silent'", file=out)
+        print(f"  curl -H 'Authorization: Bearer {token}' "
+              f"'{base}/api/v1/alerts/{aid}/evacuation'", file=out)
+        print(f"  curl -H 'Authorization: Bearer {token}' "
+              f"'{base}/api/v1/field-reports?alert={aid}'", file=out)
+        print(f"  curl -H 'Authorization: Bearer {token}' -o report.xlsx "
+              f"'{base}/api/v1/alerts/{aid}/report?format=xlsx'", file=out)
         print("Ctrl-C stops the demo.\n", file=out, flush=True)
         started = time.monotonic()
+        field = _FieldTeam(gw, aid)
         while not running.stopping:
             async with gw.store.read() as conn:
                 progress = await alert_progress(conn, aid)
@@ -167,11 +253,15 @@ async def run_demo(
                            deliveries.c.role != "speaker")
                 )).scalar_one()
             elapsed = time.monotonic() - started
-            print("\n".join(_progress_lines(progress, escalated, elapsed)), file=out,
-                  flush=True)
+            await field.act(elapsed)
+            lines = _progress_lines(progress, escalated, elapsed)
+            lines += await _accountability_lines(gw, aid)
+            print("\n".join(lines), file=out, flush=True)
             if duration is not None and elapsed >= duration:
                 break
             await running.wait(3.0)
+        if gw.failure is None:
+            await _export_report(gw, aid, data_dir, out)
     if gw.failure is not None:
         print(f"演示因故障停止 (the demo stopped on a failure): {gw.failure}; data kept in",
               data_dir, file=out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -117,3 +118,11 @@ async def test_demo_reaches_every_village_and_escalates(tmp_path: Path) -> None:
     assert "API token: " + TOKEN in output
     assert "escalation steps taken" in output
     assert proc.returncode == 0, output[-3000:]
+    # Issue 10: answered apart from covered and silent; households followed up and some
+    # moved; a field report; the accountability report written at the end.
+    last = output[output.rindex("责任人 (responsible)"):]
+    numbers = dict(re.findall(r"(answered|covered|silent|moved|reports) (\d+)", last))
+    assert int(numbers["answered"]) > 0 and int(numbers["silent"]) >= 0, last
+    assert int(numbers["moved"]) > 0 and int(numbers["reports"]) >= 1, last
+    [report] = (tmp_path / "data").glob("通报_预警*.xlsx")
+    assert f"通报 (accountability report) → {report}" in output
