@@ -507,6 +507,9 @@ _PERSON_SETTLED = {
     who.name: Batch(
         update(deliveries)
         .where(_ACK_REQUIRED, who == p_id("b_person"), deliveries.c.alert_id == p_id("b_alert"),
+               # A supervisor's own answer does not answer the calls about their people.
+               *([deliveries.c.on_behalf_of.is_(None)] if who is deliveries.c.contact_id
+                 else []),
                or_(deliveries.c.acked_at.is_(None),
                    and_(p_str("b_how") == literal(SELF, String()),
                         deliveries.c.acked_how.is_distinct_from(literal(SELF, String())))))

@@ -130,3 +130,30 @@ async def test_staff_record_a_call_for_a_person_audited_and_scoped(site: Site) -
     ids = [p["person_id"] for p in body["people"]]
     assert len(ids) == len(set(ids)) and gw.contact_id not in ids
     assert len(ids) == counts["silent"]
+
+
+async def test_a_supervisors_own_answer_does_not_answer_the_calls_about_their_people(
+    site: Site,
+) -> None:
+    alert_id = await site.warn()
+    gw = await _first_grid_worker(site, alert_id)
+    async with site.store.write() as conn:
+        about_gw = (await conn.execute(insert(deliveries).values(new_row(
+            alert_id=alert_id, contact_id=gw.supervisor_id, on_behalf_of=gw.contact_id,
+            role="village_head", channel="voice", step=2, priority=1, due_at=0.0,
+            ack_required=True, township_code=gw.township_code, village_code=gw.village_code,
+            grid_code=gw.grid_code, created_at=0.0, escalate_at=2e9,
+        )).returning(deliveries.c.id))).scalar_one()
+    [own] = await wait_until(site.store, select(deliveries.c.id).where(
+        deliveries.c.alert_id == alert_id, deliveries.c.contact_id == gw.supervisor_id,
+        deliveries.c.on_behalf_of.is_(None), deliveries.c.state == "delivered"), bool)
+    site.gw.receipts.acknowledge(delivery_id=own.id, via="link")
+    await site.gw.receipts.flush()
+    async with site.store.read() as conn:
+        row = (await conn.execute(select(deliveries.c.acked_at, deliveries.c.escalate_at)
+                                  .where(deliveries.c.id == about_gw))).one()
+        mine = (await conn.execute(select(deliveries.c.acked_how)
+                                   .where(deliveries.c.id == own.id))).scalar_one()
+    assert mine == "self"
+    # The grid worker still has not answered: the call about them stands.
+    assert (row.acked_at, row.escalate_at) == (None, 2e9)
