@@ -36,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from warngate.delivery import plan_insert
+from warngate.duty import DUTY_ROLES, duty_priority
 from warngate.policy import LEVEL_RANK, LEVELS, ROLE_PRIORITY, Policy, RolePolicy
 from warngate.store import Store
 from warngate.store.schema import alerts, contacts, regions, speakers
@@ -224,12 +225,19 @@ def _contact_rows(
     now: float,
     where: ColumnElement[bool],
 ) -> Any:
-    escalate_at = now + rp.escalation[0].after if (escalates and rp.escalation) else None
+    # A role that must answer but has no steps still has a deadline (ack.within): when it
+    # passes unanswered the person is silent, and the duty officers are told.
+    escalate_at = (now + (rp.escalation[0].after if rp.escalation else rp.ack.within)
+                   if escalates and rp.ack.required else None)
     rank = func.row_number().over(partition_by=contacts.c.village_code, order_by=contacts.c.id)
+    # Who is on duty now receives first (duty rosters); only duty roles pay for the look-up.
+    priority: Any = priority_of(level, role)
+    if role in DUTY_ROLES:
+        priority = duty_priority(priority, contacts.c.id, contacts.c.role, now)
     return plan_insert(
         {"alert_id": alert_id, "kind": kind, "contact_id": contacts.c.id,
          "role": contacts.c.role, "channel": channel,
-         "priority": priority_of(level, role), "village_rank": rank, "due_at": now,
+         "priority": priority, "village_rank": rank, "due_at": now,
          "ack_required": rp.ack.required, "escalate_at": escalate_at,
          "township_code": contacts.c.township_code, "village_code": contacts.c.village_code,
          "grid_code": contacts.c.grid_code, "created_at": now},

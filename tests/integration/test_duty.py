@@ -245,3 +245,24 @@ async def test_the_duty_api(tmp_path: Path) -> None:
         assert (status, body["error"]["code"]) == (400, "bad_query")
         status, _ = await get("/api/v1/duty", None)
         assert status == 401
+
+
+async def test_planning_sends_the_officer_on_shift_first(store: Store) -> None:
+    await write_small_county(store, townships=1, villages=1, grids=1, households=1)
+    await officers(store, 1)
+    now = time.time()
+    await duty.add_shifts(store, [duty.Shift(T1, f"duty-{T1}-2", now - HOUR, now + HOUR)],
+                          actor="test")
+    pol = policy()
+    accepted = await AlertService(store, pol).accept(NewAlert(
+        source="test", sender="test", identifier=str(uuid.uuid4()), sent=str(now),
+        level="red", event="暴雨", headline="暴雨红色预警", areas=[T1], created_by="test"),
+        actor="test")
+    await Planner(store, pol).plan_alert(accepted.alert_id)
+    async with store.read() as conn:
+        got = dict((await conn.execute(
+            select(contacts.c.external_id, deliveries.c.priority)
+            .join(contacts, contacts.c.id == deliveries.c.contact_id)
+            .where(deliveries.c.alert_id == accepted.alert_id,
+                   deliveries.c.role == "township_duty"))).all())
+    assert got[f"duty-{T1}-2"] < got[f"duty-{T1}"]

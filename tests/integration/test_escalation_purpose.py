@@ -226,3 +226,25 @@ async def test_silent_people_are_people_not_deliveries(store: Store) -> None:
     assert len(page) == 1
     assert [x["id"] for x in await silent_people(store, alert_id, after_id=page[0]["id"])
             ] == [people[1]["id"]]
+
+
+async def test_a_role_without_steps_is_silent_after_its_within(store: Store) -> None:
+    """ack.within holds for a role that must answer but has no escalation steps: its first
+    message carries the deadline, and whoever passes it unanswered is silent."""
+    await write_small_county(store, townships=1, villages=1, grids=1, households=1)
+    base = policy()
+    red = base.levels["red"].model_copy(update={"roles": {
+        **base.levels["red"].roles,
+        "grid_worker": base.levels["red"].roles["grid_worker"].model_copy(
+            update={"escalation": ()})}})
+    pol = base.model_copy(update={"levels": {**base.levels, "red": red}})
+    before = time.time()
+    alert_id = await warned(store, pol)
+    async with store.read() as conn:
+        [deadline] = (await conn.execute(select(deliveries.c.escalate_at).where(
+            deliveries.c.alert_id == alert_id, deliveries.c.role == "grid_worker"))).scalars()
+    assert deadline is not None and deadline >= before + 300
+    await overdue(store)
+    await escalate_due(store, pol)
+    people = await silent_people(store, alert_id, only_exhausted=True)
+    assert [p["role"] for p in people if p["role"] == "grid_worker"] == ["grid_worker"]
