@@ -2,8 +2,9 @@
 
 Scripts run it once per file, so its start-up is most of its cost: it must not import the
 web stack, the database layer, the scheduler, the adapters (their entry points are not even
-looked up) or the settings models. A behavioural check on the modules imported
-(``-X importtime`` lists each module the first time it is imported), not a timing test.
+looked up), the settings models, or shapely and numpy (a polygon's ring is checked in pure
+Python: warngate/cap/rings.py). A behavioural check on the modules imported (``-X
+importtime`` lists each module the first time it is imported), not a timing test.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_cap_leniency import area, cap_doc
+
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_CAP = ROOT.parent / "shared" / "data" / "cap" / "valid"
 #: Imported by a command that serves, stores or configures — never by ``cap validate``.
 HEAVY = ("aiohttp", "sqlalchemy", "alembic", "apscheduler", "twilio", "aiomqtt", "pydantic",
          "pydantic_settings", "yaml", "openpyxl", "warngate_mqtt", "warngate_twilio",
          "warngate.settings", "warngate.policy", "warngate.adapter", "warngate.store",
-         "importlib.metadata")
+         "importlib.metadata", "shapely", "numpy")
 
 
 def _run(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
@@ -37,6 +40,11 @@ def _run(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     return done, imported
 
 
+def _heavy(imported: set[str]) -> list[str]:
+    return sorted(m for m in imported if m.split(".")[0] in HEAVY or m in HEAVY
+                  or any(m.startswith(h + ".") for h in HEAVY))
+
+
 def _sample() -> Path:
     shared = sorted(SHARED_CAP.glob("*.xml")) if SHARED_CAP.is_dir() else []
     return shared[0] if shared else ROOT / "tests" / "fixtures" / "cap" / "update.xml"
@@ -48,9 +56,21 @@ def test_cap_validate_imports_nothing_heavy() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith(f"OK {sample}")
     assert "warngate.cap.parse" in imported  # the listing is real: it saw the parser load
-    loaded = sorted(m for m in imported if m.split(".")[0] in HEAVY or m in HEAVY
-                    or any(m.startswith(h + ".") for h in HEAVY))
-    assert loaded == []
+    assert _heavy(imported) == []
+
+
+def test_cap_validate_checks_polygons_without_shapely(tmp_path: Path) -> None:
+    # Two polygons: a square, and a bow tie (its ring crosses itself, so the check runs in
+    # full and says so).
+    square = "30.0,120.0 30.0,120.1 30.1,120.1 30.1,120.0 30.0,120.0"
+    bow_tie = "30.0,120.0 30.1,120.1 30.0,120.1 30.1,120.0 30.0,120.0"
+    flawed = tmp_path / "polygons.xml"
+    flawed.write_bytes(cap_doc(areas=[area(polygons=[square, bow_tie])]))
+    done, imported = _run("cap", "validate", str(flawed))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"OK {flawed} (1 warning: polygon-self-intersecting at ")
+    assert "warngate.cap.rings" in imported
+    assert _heavy(imported) == []
 
 
 def test_plugin_commands_still_offered() -> None:

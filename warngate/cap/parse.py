@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import functools
-import itertools
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from warngate.cap.model import (
     Pair,
     Point,
 )
+from warngate.cap.rings import encloses_no_area, ring_problem
 
 NAMESPACES = {
     "urn:oasis:names:tc:emergency:cap:1.2": "1.2",
@@ -226,8 +226,8 @@ _Rings = list[tuple[tuple[Point, ...], str, list[float]]]
 def _polygon(text: str, where: str, warn: Warn, rings: _Rings) -> tuple[Point, ...] | None:
     """The polygon, mended where its meaning is plain; None (with a warning) if unusable.
 
-    Whether its ring is simple is checked later for all polygons of the message together
-    (``_check_rings``): one call into GEOS instead of several per polygon."""
+    Whether its ring is simple is checked once the whole message is read (``_check_rings``),
+    so those warnings follow the others, as they always have."""
     try:
         flat = _coordinates(text)
     except ValueError:
@@ -257,31 +257,25 @@ def _polygon(text: str, where: str, warn: Warn, rings: _Rings) -> tuple[Point, .
 
 def _check_rings(rings: _Rings, warn: Warn) -> list[tuple[Point, ...]]:
     """Flag rings that cross themselves; return those that enclose no area (to drop)."""
-    if not rings:
-        return []
-    # Imported here: shapely costs a tenth of a second, and most messages have no polygon.
-    import numpy as np
-    import shapely
-    from shapely.validation import explain_validity
-
-    coords = np.fromiter(itertools.chain.from_iterable(flat for _, _, flat in rings),
-                         float).reshape(-1, 2)[:, ::-1]  # (lon, lat)
-    which = np.repeat(np.arange(len(rings)), [len(pts) for pts, _, _ in rings])
-    shapes = shapely.polygons(shapely.linearrings(coords, indices=which))
-    valid = shapely.is_valid(shapes)
-    area = shapely.area(shapes)
     empty = []
-    for n, (pts, where, _) in enumerate(rings):
-        # Square degrees: a hundredth of a square metre, i.e. the points are on a line. A
-        # bow tie's lobes cancel in its area: then the hull says (costly, so only then).
-        if area[n] < 1e-12 and float(shapely.area(shapely.convex_hull(shapes[n]))) < 1e-12:
+    # A message in two languages repeats its areas: each distinct ring is checked once.
+    seen: dict[tuple[float, ...], tuple[bool, str | None]] = {}
+    for pts, where, flat in rings:
+        key = tuple(flat)
+        if (found := seen.get(key)) is None:
+            lons, lats = flat[1::2], flat[0::2]
+            if encloses_no_area(lons, lats):
+                found = (True, None)
+            else:
+                found = (False, ring_problem(lons, lats))
+            seen[key] = found
+        no_area, problem = found
+        if no_area:
             empty.append(pts)
-        elif not valid[n]:
+        elif problem is not None:
             # Real services publish rings that touch or cross themselves (Met Éireann's
             # do); the area is still plain, and matching repairs the ring (geomatch.py).
-            problem = str(explain_validity(shapes[n])).split("[")[0].strip()
-            warn("polygon-self-intersecting", where,
-                 f"{problem or 'not a simple ring'}; used as repaired")
+            warn("polygon-self-intersecting", where, f"{problem}; used as repaired")
     for pts, where, _ in rings:
         if any(pts is e for e in empty):
             warn("polygon-degenerate", where, "the points enclose no area; polygon ignored")
