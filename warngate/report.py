@@ -59,6 +59,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from warngate.delivery import WARNING_KINDS
 from warngate.phone import mask
 from warngate.policy import LEVEL_RANK, AckRule, Policy
 from warngate.store import Store
@@ -283,7 +284,7 @@ def _people(policy: Policy, levels: dict[int, str], township: str | None, *,
                       float_.label("own_at"))
     own_rows = own_rows.where(
         *_in_scope(ids, township, alert_index=not sqlite), _ACK_REQUIRED,
-        d.on_behalf_of.is_(None), d.contact_id.is_not(None), d.kind != "cancel")
+        d.on_behalf_of.is_(None), d.contact_id.is_not(None), d.kind.in_(WARNING_KINDS))
     # A call about a person carries the person's township and village.
     about = (select(d.alert_id, d.on_behalf_of, text_, text_, text_, float_, float_,
                     literal(0, Integer), float_, int_, d.silent_at, float_)
@@ -414,7 +415,7 @@ async def _aggregate(conn: AsyncConnection, policy: Policy, found: list[dict[str
                # CASE looks the speaker up for a speaker's rows only, not a household's.
                func.sum(case((first_play, case((or_(deliveries.c.state == "failed", offline),
                                                  1), else_=0)), else_=0)))
-        .where(*_in_scope(ids, township), deliveries.c.kind != "cancel")
+        .where(*_in_scope(ids, township), deliveries.c.kind.in_(WARNING_KINDS))
         .group_by(deliveries.c.alert_id, town, village)
     ):
         target = row(r[1], r[2])
