@@ -272,7 +272,10 @@ class Gateway:
                       self.grace)
 
     def _start_scheduler(self) -> AsyncIOScheduler:
-        scheduler = AsyncIOScheduler()
+        # A run the loop was too busy to start on time still runs, however late (APScheduler
+        # skips one over a second late by default): a skipped sweep left people who did not
+        # answer uncalled for a whole interval.
+        scheduler = AsyncIOScheduler(job_defaults={"misfire_grace_time": None})
         scheduler.add_job(
             self._job, "interval", args=[self._escalate],
             seconds=self.settings.escalation.sweep_every,

@@ -365,3 +365,29 @@ async def test_the_gateway_sweeps_at_the_deadline_not_a_whole_interval_later(
                         lambda rows: len(rows) > 0, within=25.0)
         took = time.monotonic() - started
     assert took < 15.0, took  # a ceiling far below the 30 s interval, not a timing claim
+
+
+async def test_a_sweep_the_busy_loop_started_late_still_runs(store: Store) -> None:
+    """The loop is blocked across the deadline (a burst of work, a slow disk): the sweep
+    due then runs late, rather than being skipped until the next interval."""
+    import asyncio
+
+    from tests.gateway_run import GatewayRun
+    from tests.integration.test_pipeline import policy as pipeline_policy
+    from tests.integration.test_pipeline import settings as pipeline_settings
+    from tests.smallcounty import write_small_county
+    from warngate.service import Gateway, load_adapters
+    from warngate.settings import EscalationSettings
+
+    await write_small_county(store)
+    url = store.engine.url.render_as_string(hide_password=False)
+    s = pipeline_settings(url, sms_ack=0.0, voice_ack=0.0).model_copy(
+        update={"escalation": EscalationSettings(sweep_every=60.0)})
+    pol = pipeline_policy(step1_after=1.0, step2_after=120.0)
+    async with Gateway(s, pol, store, load_adapters(s, pol)) as gw:
+        run = GatewayRun(gw)
+        await run.warn()
+        # Blocks the loop from before the first step's deadline until well after it.
+        asyncio.get_running_loop().call_later(0.5, time.sleep, 3.0)
+        await run.until(select(deliveries.c.id).where(deliveries.c.step == 1),
+                        lambda rows: len(rows) > 0, within=30.0)
