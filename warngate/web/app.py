@@ -34,7 +34,7 @@ from warngate.receipts import CoverError, record_for
 from warngate.service import Gateway, load_adapters, running_gateway
 from warngate.settings import Settings
 from warngate.store.schema import ALERT_STATES, DELIVERY_STATES
-from warngate.web import ack
+from warngate.web import ack, paths
 from warngate.web import field as field_pages
 from warngate.web.auth import TokenBook
 
@@ -165,17 +165,6 @@ def _who(request: web.Request) -> str | None:
 
 def _actor(request: web.Request) -> Actor:
     return request[ACTOR]
-
-
-def _alert_id(request: web.Request) -> int:
-    raw = request.match_info["alert_id"]
-    try:
-        alert_id = int(raw)
-    except ValueError:
-        raise AlertError(404, "not_found", "alert ids are numbers") from None
-    if not 0 < alert_id < 2**63:
-        raise AlertError(404, "not_found", f"no alert {raw}")
-    return alert_id
 
 
 def _query_int(request: web.Request, name: str, default: int, *, lo: int, hi: int) -> int:
@@ -352,7 +341,7 @@ async def compose(request: web.Request) -> web.Response:
 async def _acted_on(request: web.Request, action: Action) -> int:
     """The alert of the path, once ``action`` on it is allowed (404 if there is none)."""
     require(_actor(request), action)
-    alert_id = _alert_id(request)
+    alert_id = paths.alert_id(request)
     row = await alertviews.find_alert(request.app[GATEWAY].store, alert_id)
     if row is None:
         raise AlertError(404, "not_found", f"no alert {alert_id}")
@@ -404,7 +393,7 @@ async def list_alerts(request: web.Request) -> web.Response:
 async def _visible_alert(request: web.Request) -> Any:
     actor = _actor(request)
     require(actor, Action.VIEW)
-    alert_id = _alert_id(request)
+    alert_id = paths.alert_id(request)
     row = await alertviews.find_alert(request.app[GATEWAY].store, alert_id)
     # Another township's alert is not there for this token (404, not 403: no probing).
     if row is None or not _visible(actor, row):
@@ -491,7 +480,7 @@ async def record_acknowledgement(request: web.Request) -> web.Response:
     record that they reached a person who had not answered; the person counts as covered."""
     actor = _actor(request)
     require(actor, Action.RECORD_ACK)
-    alert_id = _alert_id(request)
+    alert_id = paths.alert_id(request)
     body, data = await _json_body(request)
     req = await _validated(request, CoverRequest, body, data, noun="acknowledgement",
                            message="the acknowledgement is not valid")

@@ -30,6 +30,7 @@ from warngate.acktoken import verify_token
 from warngate.alerts import Actor, AlertError, record_rejection
 from warngate.messages import LEVEL_ZH
 from warngate.service import Gateway
+from warngate.web import paths
 from warngate.web.ack import _foreign_origin
 
 _KEYS = web.AppKey("field_keys", tuple)
@@ -231,7 +232,7 @@ def _limit(request: web.Request) -> int:
 async def _visible_alert(request: web.Request) -> tuple[int, str | None]:
     actor = _actor(request)
     require(actor, Action.VIEW)
-    alert_id = _query_path_id(request)
+    alert_id = paths.alert_id(request)
     row = await alertviews.find_alert(_gw(request).store, alert_id)
     # A township token reads the follow-ups of its own township of any alert covering it.
     if row is None or not (may(actor, Action.VIEW, areas=row.areas) or (
@@ -239,17 +240,6 @@ async def _visible_alert(request: web.Request) -> tuple[int, str | None]:
                 actor.township) for a in row.areas))):
         raise AlertError(404, "not_found", f"no alert {alert_id}")
     return alert_id, _township(request, actor)
-
-
-def _query_path_id(request: web.Request) -> int:
-    raw = request.match_info["alert_id"]
-    try:
-        alert_id = int(raw)
-    except ValueError:
-        raise AlertError(404, "not_found", "alert ids are numbers") from None
-    if not 0 < alert_id < 2**63:
-        raise AlertError(404, "not_found", f"no alert {raw}")
-    return alert_id
 
 
 def _next(request: web.Request, after: int | None) -> str | None:
